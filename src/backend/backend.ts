@@ -1,0 +1,50 @@
+/**
+ * Backend: one way of carrying pod traffic between nodes. One folder per backend
+ * (src/backend/udp, src/backend/vxlan, src/backend/hostgw), selected by the network
+ * config's Backend.Type through src/backend/registry.ts.
+ *
+ * Life cycle, driven by the daemon:
+ *   1. prepare()          -> what to publish in our lease (BackendType/BackendData) and the MTU
+ *   2. (daemon acquires the lease with those attrs)
+ *   3. start(lease)       -> devices up, data path running
+ *   4. applyPeers(events) -> many times, as peers' leases come and go (within 1 s)
+ *   5. stop()             -> removes everything start() created
+ */
+import type { Lease, LeaseEvent, NetworkConfig } from '../lease/types.ts';
+import type { Logger } from '../util/log.ts';
+
+export interface BackendContext {
+  readonly network: NetworkConfig;
+  /** Underlay interface name and its address (uint32) and MTU. */
+  readonly underlay: { readonly iface: string; readonly addr: number; readonly mtu: number };
+  /** Address to advertise to peers (uint32); differs from underlay.addr behind NAT. */
+  readonly publicIp: number;
+  /** Directory for state kept across restarts (VTEP MAC, keys). */
+  readonly stateDir: string;
+  readonly log: Logger;
+  /** Turns off TUN/UDP offloads (everything still works, slower). */
+  readonly offloads: boolean;
+}
+
+export interface PreparedBackend {
+  readonly backendType: string;
+  readonly backendData: unknown;
+  /** MTU pods must use (written to the subnet file as FLANNEL_MTU). */
+  readonly mtu: number;
+}
+
+/** Counters a backend exposes; userspace backends fill all, kernel ones what they can. */
+export interface BackendStats {
+  readonly [name: string]: number | Readonly<Record<string, number>>;
+}
+
+export interface Backend {
+  readonly type: string;
+  prepare(): Promise<PreparedBackend>;
+  start(lease: Lease, signal: AbortSignal): Promise<void>;
+  applyPeers(events: readonly LeaseEvent[]): void;
+  stats(): BackendStats;
+  stop(): Promise<void>;
+}
+
+export type BackendFactory = (ctx: BackendContext) => Backend;

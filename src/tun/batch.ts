@@ -1,0 +1,95 @@
+/**
+ * PacketBatch: the one currency of the data path.
+ *
+ * A batch is an arena Buffer plus parallel typed arrays of descriptors: packet i lives at
+ * arena[offset[i], offset[i] + length[i]). `addr`/`port` carry the outer peer endpoint
+ * (IPv4 as uint32, host order): the source after a socket receive, the destination for a
+ * socket send. TUN reads leave them untouched.
+ *
+ * Ownership: a batch belongs to exactly one forwarder loop. Readers (TunDevice.read,
+ * PacketConn.recv) overwrite it; writers (TunDevice.write, PacketConn.send) are synchronous
+ * and have finished with the bytes when they return, so the batch may be refilled at once.
+ * Nothing here allocates per packet: descriptors are rewritten in place (decap moves
+ * offset forward, encap moves it back into the headroom and writes the header there).
+ */
+export class PacketBatch {
+  /** Backing store. Layout is decided by whoever fills the batch (see forSlots / forReceive). */
+  readonly arena: Buffer;
+  /** Bytes of headroom reserved in front of each slot's packet (for encap headers). */
+  readonly headroom: number;
+  /** Stride between slots, for batches laid out in fixed slots (0 when not slotted). */
+  readonly slotSize: number;
+  /** Maximum number of descriptors. */
+  readonly capacity: number;
+  /** Number of valid descriptors. */
+  count = 0;
+  readonly offset: Int32Array;
+  readonly length: Int32Array;
+  readonly addr: Uint32Array;
+  readonly port: Uint16Array;
+
+  constructor(arena: Buffer, capacity: number, slotSize: number, headroom: number) {
+    this.arena = arena;
+    this.capacity = capacity;
+    this.slotSize = slotSize;
+    this.headroom = headroom;
+    this.offset = new Int32Array(capacity);
+    this.length = new Int32Array(capacity);
+    this.addr = new Uint32Array(capacity);
+    this.port = new Uint16Array(capacity);
+  }
+
+  /**
+   * A batch of `capacity` fixed slots of `slotSize` bytes, each with `headroom` bytes in
+   * front of the packet. Used for TUN reads (one MTU-sized packet per slot).
+   */
+  static forSlots(capacity: number, slotSize: number, headroom: number): PacketBatch {
+    if (headroom >= slotSize) throw new RangeError('headroom must be smaller than slotSize');
+    return new PacketBatch(Buffer.allocUnsafeSlow(capacity * slotSize), capacity, slotSize, headroom);
+  }
+
+  /**
+   * A batch for socket receives with UDP GRO: `messages` receive buffers of `messageSize`
+   * bytes; each coalesced message may hold up to 64 datagrams, each of which gets its own
+   * descriptor, so capacity = messages * 64.
+   */
+  static forReceive(messages: number, messageSize = 65536): PacketBatch {
+    return new PacketBatch(Buffer.allocUnsafeSlow(messages * messageSize), messages * 64, messageSize, 0);
+  }
+
+  /** Start offset of slot i's packet area (after the headroom). */
+  slotStart(i: number): number {
+    return i * this.slotSize + this.headroom;
+  }
+
+  /** Appends a descriptor; returns its index, or -1 when full. */
+  push(offset: number, length: number, addr = 0, port = 0): number {
+    const i = this.count;
+    if (i >= this.capacity) return -1;
+    this.offset[i] = offset;
+    this.length[i] = length;
+    this.addr[i] = addr;
+    this.port[i] = port;
+    this.count = i + 1;
+    return i;
+  }
+
+  /** Copies a packet into slot `count` (slotted batches only); returns its index or -1. */
+  pushCopy(packet: Uint8Array, addr = 0, port = 0): number {
+    const i = this.count;
+    if (i >= this.capacity || packet.length > this.slotSize - this.headroom) return -1;
+    const start = this.slotStart(i);
+    this.arena.set(packet, start);
+    return this.push(start, packet.length, addr, port);
+  }
+
+  /** A view (no copy) of packet i. Not for hot paths: it allocates a view object. */
+  view(i: number): Buffer {
+    const off = this.offset[i] as number;
+    return this.arena.subarray(off, off + (this.length[i] as number));
+  }
+
+  clear(): void {
+    this.count = 0;
+  }
+}
