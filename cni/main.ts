@@ -1,0 +1,35 @@
+#!/usr/bin/env node
+/**
+ * weft-cni entry point: CNI environment + stdin in, result or error object out (CNI spec 1.1).
+ * Kept tiny and bundled (scripts/build-cni.mjs) because the runtime starts it for every pod;
+ * no top-level await, so the same code also bundles as CommonJS (the installed binary).
+ */
+import { readFileSync } from 'node:fs';
+import { runPlugin } from './plugin.ts';
+
+function readStdin(): string {
+  if (process.stdin.isTTY) return '';
+  try {
+    return readFileSync(0, 'utf8');
+  } catch {
+    return ''; // stdin closed: the command's own checks report what is missing
+  }
+}
+
+async function main(): Promise<number> {
+  const out = await runPlugin({ env: process.env, stdin: readStdin() });
+  if (out.stderr) process.stderr.write(out.stderr);
+  if (out.stdout) process.stdout.write(out.stdout);
+  return out.exitCode;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    // runPlugin reports every error as a CNI error object; reaching here is a bug.
+    process.stdout.write(JSON.stringify({ cniVersion: '1.1.0', code: 5, msg: `weft-cni crashed: ${String(err)}` }));
+    process.exitCode = 1;
+  },
+);

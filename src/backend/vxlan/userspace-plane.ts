@@ -1,0 +1,195 @@
+/**
+ * Userspace VXLAN data plane: weft's Forwarder between a TUN device and a UDP socket on the
+ * VXLAN port, with the vxlan Encap (our VNI and VTEP MAC; peers' VTEP MACs from their
+ * leases). Same lease data and wire format as the kernel plane, so a node running this
+ * talks to a node running Linux's vxlan driver.
+ *
+ * Kernel side: TUN weft.<VNI>, MTU underlay - 50, address <our subnet network addr>/32,
+ * route <Network> dev weft.<VNI> (the forwarder routes per peer and answers unknown
+ * destinations with ICMP net unreachable). DirectRouting peers get a kernel route via the
+ * underlay instead, as in the kernel plane. The forwarder validates every received frame
+ * (VNI, destination MAC, EtherType, truncation) and counts drops by reason.
+ */
+import { openConn } from '../../conn/native-conn.ts';
+import type { PacketConn } from '../../conn/conn.ts';
+import { Forwarder } from '../../dataplane/forwarder.ts';
+import type { Peer } from '../../dataplane/peer.ts';
+import { PeerIdAllocator } from '../../dataplane/peer.ts';
+import { VxlanEncap } from '../../encap/encap.ts';
+import type { KernelOp } from '../../kernel/kernel.ts';
+import { PeerReconciler } from '../../kernel/reconciler.ts';
+import type { Lease } from '../../lease/types.ts';
+import { openTun } from '../../tun/native-tun.ts';
+import type { TunDevice } from '../../tun/tun.ts';
+import type { Logger } from '../../util/log.ts';
+import type { VxlanDataplane } from './dataplane.ts';
+import type { VxlanPeerPlan } from './plan.ts';
+import { macBytes, samePlan, vxlanAddOps, vxlanRemoveOps } from './plan.ts';
+import type { UserspacePlaneParams } from './vxlan.ts';
+
+export class UserspaceVxlanPlane implements VxlanDataplane {
+  readonly kind = 'userspace' as const;
+  readonly device: string;
+  private readonly p: UserspacePlaneParams;
+  private readonly log: Logger;
+  private tun: TunDevice | undefined;
+  private conn: PacketConn | undefined;
+  private fwd: Forwarder | undefined;
+  private lease: Lease | undefined;
+  private readonly ids = new PeerIdAllocator();
+  private readonly wanted = new Map<string, VxlanPeerPlan>();
+  private readonly inForwarder = new Map<string, Peer>();
+  /** Kernel routes for DirectRouting peers only (others need no kernel state). */
+  private readonly direct: PeerReconciler<VxlanPeerPlan>;
+
+  constructor(p: UserspacePlaneParams) {
+    this.p = p;
+    this.device = p.plan.dev;
+    this.log = p.ctx.log.child({ component: 'vxlan-userspace' });
+    this.direct = new PeerReconciler<VxlanPeerPlan>({
+      kernel: p.kernel,
+      log: this.log,
+      addOps: (x) => (x.direct ? vxlanAddOps(x, p.plan) : []),
+      removeOps: (x) => (x.direct ? vxlanRemoveOps(x, p.plan) : []),
+      same: samePlan,
+    });
+  }
+
+  async start(lease: Lease, _signal: AbortSignal): Promise<void> {
+    this.lease = lease;
+    const { kernel, plan, ctx, options, mtu } = this.p;
+    const name = this.device;
+    const existing = await kernel.getLink(name);
+    if (existing && existing.kind !== 'tun') {
+      this.log.warn({ device: name, kind: existing.kind }, 'a non-TUN device holds our name; deleting it');
+      await kernel.apply([{ op: 'link-del', name }]);
+    }
+    const tun = openTun({ name, mtu, offloads: ctx.offloads });
+    this.tun = tun;
+    try {
+      const ops: KernelOp[] = [];
+      for (const a of await kernel.listAddrs(name)) {
+        if (a.addr !== lease.subnet.addr || a.prefix !== 32) ops.push({ op: 'addr-del', dev: name, addr: a });
+      }
+      ops.push(
+        { op: 'addr-replace', dev: name, addr: { addr: lease.subnet.addr, prefix: 32 } },
+        { op: 'link-up', name, mtu },
+        { op: 'route-replace', route: { dst: ctx.network.network, dev: name } },
+      );
+      await kernel.apply(ops);
+      const conn = openConn({ bindAddr: ctx.underlay.addr, port: options.port, offloads: ctx.offloads });
+      this.conn = conn;
+      const vtep = macBytes(this.p.mac);
+      this.fwd = new Forwarder({
+        tun,
+        conn,
+        encap: new VxlanEncap(options.vni, vtep),
+        local: { subnet: lease.subnet, tunAddr: lease.subnet.addr, vtepMac: vtep },
+        port: options.port,
+        checkPeerPort: false,
+      });
+      this.fwd.start();
+    } catch (err) {
+      this.closeDevices();
+      throw err;
+    }
+    this.log.info(
+      { device: name, vni: options.vni, port: options.port, mtu, offloads: tun.offloads, plan: plan.dev },
+      'userspace VXLAN data plane running',
+    );
+  }
+
+  setPeer(key: string, plan: VxlanPeerPlan | undefined): void {
+    if (plan === undefined) this.wanted.delete(key);
+    else this.wanted.set(key, plan);
+    this.direct.setDesired(key, plan?.direct ? plan : undefined);
+  }
+
+  commit(): void {
+    const fwd = this.fwd;
+    if (!fwd) return;
+    for (const [key, peer] of [...this.inForwarder]) {
+      const want = this.wanted.get(key);
+      if (want && !want.direct && sameAsPeer(want, peer)) continue;
+      fwd.removePeer(peer);
+      this.inForwarder.delete(key);
+      this.ids.release(key);
+    }
+    for (const [key, want] of this.wanted) {
+      if (want.direct || this.inForwarder.has(key)) continue;
+      const peer: Peer = {
+        id: this.ids.acquire(key),
+        subnet: want.subnet,
+        publicIp: want.publicIp,
+        port: 0,
+        vtepMac: macBytes(want.mac),
+        leaseKey: key,
+      };
+      fwd.addPeer(peer);
+      this.inForwarder.set(key, peer);
+    }
+    this.direct.schedule();
+  }
+
+  settled(): Promise<void> {
+    return this.direct.settled();
+  }
+
+  /** The forwarder (tests, status). */
+  get forwarder(): Forwarder | undefined {
+    return this.fwd;
+  }
+
+  stats(): Record<string, number | Record<string, number>> {
+    const fwd = this.fwd;
+    const out: Record<string, number | Record<string, number>> = {
+      peers: this.inForwarder.size + this.direct.installedPlans().size,
+      peersDirect: this.direct.installedPlans().size,
+      kernelFailures: this.direct.counters.failures,
+    };
+    if (fwd) {
+      const s = fwd.snapshot();
+      out['counters'] = { ...s.counters };
+      out['drops'] = { ...s.drops };
+    }
+    return out;
+  }
+
+  async stop(): Promise<void> {
+    await this.direct.stop();
+    await this.direct.removeAll();
+    this.closeDevices();
+    this.inForwarder.clear();
+    if (this.lease) {
+      // Closing the TUN fd removes the (non-persistent) device and its route; make sure.
+      try {
+        await this.p.kernel.apply([{ op: 'link-del', name: this.device }]);
+      } catch (err) {
+        this.log.warn({ err, device: this.device }, 'could not delete the TUN device');
+      }
+    }
+  }
+
+  private closeDevices(): void {
+    this.fwd?.stop();
+    this.fwd = undefined;
+    this.conn?.close();
+    this.conn = undefined;
+    this.tun?.close();
+    this.tun = undefined;
+  }
+}
+
+function sameAsPeer(p: VxlanPeerPlan, peer: Peer): boolean {
+  return (
+    p.publicIp === peer.publicIp &&
+    p.subnet.addr === peer.subnet.addr &&
+    p.subnet.prefix === peer.subnet.prefix &&
+    peer.vtepMac !== undefined &&
+    macBytes(p.mac).equals(peer.vtepMac)
+  );
+}
+
+export function createUserspacePlane(p: UserspacePlaneParams): Promise<VxlanDataplane> {
+  return Promise.resolve(new UserspaceVxlanPlane(p));
+}

@@ -1,0 +1,490 @@
+/**
+ * The userspace data path: TUN <-> encapsulation <-> UDP socket, in batches.
+ *
+ * TUN side: read a batch of IPv4 packets, validate, route (longest prefix match on the
+ * destination) to a peer, decrement TTL, write the encap header into each slot's
+ * headroom and send the whole batch to the peers' public addresses. No route: an ICMP
+ * net unreachable goes back into the TUN. Socket side: receive a batch of datagrams,
+ * check the sender is a known peer, strip the encap header, check the inner source is
+ * that peer's and the destination ours, decrement TTL and write the batch to the TUN.
+ *
+ * Everything the loops touch is allocated in the constructor: batches, descriptor arrays,
+ * bound handlers. Drops are compacted out of a batch by rewriting descriptors in place and
+ * counted by reason; nothing throws or logs per packet. Devices are assumed level-triggered
+ * (uv_poll semantics: onReadable fires again while data remains), and each turn handles at
+ * most maxBatchesPerTurn batches per side so one busy direction cannot starve the event
+ * loop; if a turn ends on a full batch it also schedules one continuation.
+ *
+ * The forwarder does not own the devices: stop() stops reading, the caller closes them.
+ */
+import { DropReason } from '../encap/drop-reason.ts';
+import type { Encap } from '../encap/encap.ts';
+import { buildIcmpUnreachable, ICMP_UNREACHABLE_MAX } from '../encap/icmp.ts';
+import { ipv4DecrementTtl, ipv4Dst, ipv4Src, ipv4Validate } from '../encap/ipv4.ts';
+import type { PacketConn } from '../conn/conn.ts';
+import { ConfigError } from '../util/errors.ts';
+import { cidrToKey, formatCidr, formatIpv4, prefixMask } from '../routing/ipv4.ts';
+import type { Ipv4Cidr } from '../routing/ipv4.ts';
+import { RouteTable } from '../routing/route-table.ts';
+import { PacketBatch } from '../tun/batch.ts';
+import type { TunDevice } from '../tun/tun.ts';
+import type { Peer } from './peer.ts';
+import { batchBucket, Counter, ForwarderStats } from './stats.ts';
+import type { StatsSnapshot } from './stats.ts';
+
+export interface ForwarderLocal {
+  /** Our pod subnet (the lease). Decapsulated packets must be addressed inside it. */
+  readonly subnet: Ipv4Cidr;
+  /** The TUN device's address: source of ICMP replies, also accepted as a destination. */
+  readonly tunAddr: number;
+  /** Our VTEP MAC (vxlan; informational here, the VxlanEncap carries it). */
+  readonly vtepMac?: Buffer | undefined;
+}
+
+export interface ForwarderOptions {
+  readonly tun: TunDevice;
+  readonly conn: PacketConn;
+  readonly encap: Encap;
+  readonly local: ForwarderLocal;
+  /** Destination port for peers whose `port` is 0 (flannel: one port per backend). */
+  readonly port: number;
+  /** Counters to fill (default: a new ForwarderStats). */
+  readonly stats?: ForwarderStats;
+  /**
+   * Also require the sender's port to equal the peer's port (default: true for udp, whose
+   * peers send from their fixed listening port; false for vxlan, where the kernel varies
+   * the source port per flow).
+   */
+  readonly checkPeerPort?: boolean;
+  /** Packets per TUN read (default 64). */
+  readonly tunBatchSize?: number;
+  /** Receive buffers per socket receive, 64 KiB each (default 4; up to 64 datagrams each with GRO). */
+  readonly recvMessages?: number;
+  /** Batches per side per event-loop turn (default 16). */
+  readonly maxBatchesPerTurn?: number;
+}
+
+export interface PeerStatus {
+  readonly id: number;
+  readonly leaseKey: string;
+  readonly subnet: string;
+  readonly publicIp: string;
+  readonly port: number;
+  readonly txPackets: number;
+  readonly txBytes: number;
+  readonly rxPackets: number;
+  readonly rxBytes: number;
+}
+
+export interface ForwarderSnapshot extends Omit<StatsSnapshot, 'peers'> {
+  readonly running: boolean;
+  readonly encap: string;
+  readonly routes: number;
+  readonly peers: readonly PeerStatus[];
+}
+
+export class Forwarder {
+  readonly stats: ForwarderStats;
+  readonly encap: Encap;
+  readonly local: ForwarderLocal;
+  readonly port: number;
+  readonly checkPeerPort: boolean;
+  readonly maxBatchesPerTurn: number;
+
+  private readonly tun: TunDevice;
+  private readonly conn: PacketConn;
+  private readonly routes = new RouteTable<Peer>();
+  private readonly peersById = new Map<number, Peer>();
+  /** Keyed by publicIp | 0 (a small integer to V8). */
+  private readonly peersByIp = new Map<number, Peer>();
+  private readonly localNet: number;
+  private readonly localMask: number;
+
+  private readonly tunBatch: PacketBatch;
+  private readonly icmpBatch: PacketBatch;
+  private readonly rxBatch: PacketBatch;
+  /** Peer id of each outgoing descriptor, for per-peer counters after send. */
+  private readonly txPeer: Int32Array;
+  private readonly rxFullAt: number;
+
+  private readonly onTun: () => void;
+  private readonly onConn: () => void;
+  private readonly continueTun: () => void;
+  private readonly continueConn: () => void;
+  private tunPending = false;
+  private connPending = false;
+  private isRunning = false;
+
+  constructor(opts: ForwarderOptions) {
+    this.tun = opts.tun;
+    this.conn = opts.conn;
+    this.encap = opts.encap;
+    this.local = opts.local;
+    this.port = opts.port;
+    this.stats = opts.stats ?? new ForwarderStats();
+    this.checkPeerPort = opts.checkPeerPort ?? opts.encap.name === 'udp';
+    this.maxBatchesPerTurn = positiveInt(opts.maxBatchesPerTurn ?? 16, 'maxBatchesPerTurn');
+    this.localMask = prefixMask(opts.local.subnet.prefix);
+    this.localNet = (opts.local.subnet.addr & this.localMask) >>> 0;
+
+    const slots = positiveInt(opts.tunBatchSize ?? 64, 'tunBatchSize');
+    // Headroom for the encap header, rounded so packets start 8-byte aligned.
+    const headroom = align(Math.max(opts.encap.headroom, 0), 8) || 8;
+    const mtu = positiveInt(opts.tun.mtu, 'tun.mtu');
+    this.tunBatch = PacketBatch.forSlots(slots, align(headroom + mtu, 64), headroom);
+    this.icmpBatch = PacketBatch.forSlots(slots, align(ICMP_UNREACHABLE_MAX, 32), 0);
+    this.txPeer = new Int32Array(slots);
+    const messages = positiveInt(opts.recvMessages ?? 4, 'recvMessages');
+    this.rxBatch = PacketBatch.forReceive(messages);
+    this.rxFullAt = messages;
+
+    this.onTun = () => this.onTunReadable();
+    this.onConn = () => this.onConnReadable();
+    this.continueTun = () => {
+      this.tunPending = false;
+      this.onTunReadable();
+    };
+    this.continueConn = () => {
+      this.connPending = false;
+      this.onConnReadable();
+    };
+  }
+
+  get running(): boolean {
+    return this.isRunning;
+  }
+
+  /** Starts reading both devices. Idempotent. */
+  start(): void {
+    if (this.isRunning) return;
+    this.isRunning = true;
+    this.tun.startReading(this.onTun);
+    this.conn.startReading(this.onConn);
+  }
+
+  /** Stops reading both devices (does not close them). Idempotent. */
+  stop(): void {
+    if (!this.isRunning) return;
+    this.isRunning = false;
+    this.tun.stopReading();
+    this.conn.stopReading();
+  }
+
+  /** Replaces the whole peer set. Counters of peers that disappear are zeroed. */
+  setPeers(peers: Iterable<Peer>): void {
+    const next = new Map<number, Peer>();
+    for (const p of peers) next.set(p.id, p);
+    for (const id of this.peersById.keys()) if (!next.has(id)) this.stats.resetPeer(id);
+    this.routes.clear();
+    this.peersById.clear();
+    this.peersByIp.clear();
+    for (const p of next.values()) this.addPeer(p);
+  }
+
+  /**
+   * Adds a peer, or replaces the one with the same id (e.g. its public IP changed; its
+   * counters are kept). A different peer holding the same subnet is displaced.
+   */
+  addPeer(peer: Peer): void {
+    checkPeer(peer);
+    this.stats.ensurePeer(peer.id);
+    const old = this.peersById.get(peer.id);
+    if (old !== undefined) this.unlink(old);
+    const displaced = this.routes.get(peer.subnet);
+    if (displaced !== undefined && displaced.id !== peer.id) this.unlink(displaced);
+    this.routes.replace(peer.subnet, peer);
+    this.peersById.set(peer.id, peer);
+    this.peersByIp.set(peer.publicIp | 0, peer);
+  }
+
+  /** Removes a peer (by id or by the Peer); its counters are zeroed. Returns whether it was present. */
+  removePeer(peer: Peer | number): boolean {
+    const id = typeof peer === 'number' ? peer : peer.id;
+    const p = this.peersById.get(id);
+    if (p === undefined) return false;
+    this.unlink(p);
+    this.stats.resetPeer(id);
+    return true;
+  }
+
+  private unlink(p: Peer): void {
+    this.peersById.delete(p.id);
+    if (this.routes.get(p.subnet) === p) this.routes.remove(p.subnet);
+    const key = p.publicIp | 0;
+    if (this.peersByIp.get(key) === p) {
+      this.peersByIp.delete(key);
+      for (const other of this.peersById.values()) {
+        if ((other.publicIp | 0) === key) {
+          this.peersByIp.set(key, other);
+          break;
+        }
+      }
+    }
+  }
+
+  /** Current peers (allocates; for status). */
+  peers(): Peer[] {
+    return Array.from(this.peersById.values());
+  }
+
+  /** The peer a destination address routes to (longest prefix match). */
+  lookup(addr: number): Peer | undefined {
+    return this.routes.lookup(addr);
+  }
+
+  snapshot(): ForwarderSnapshot {
+    const s = this.stats.snapshot();
+    const st = this.stats;
+    const peers: PeerStatus[] = [];
+    for (const p of this.peersById.values()) {
+      peers.push({
+        id: p.id,
+        leaseKey: p.leaseKey || cidrToKey(p.subnet),
+        subnet: formatCidr(p.subnet),
+        publicIp: formatIpv4(p.publicIp),
+        port: p.port || this.port,
+        txPackets: st.peerTxPackets[p.id] ?? 0,
+        txBytes: st.peerTxBytes[p.id] ?? 0,
+        rxPackets: st.peerRxPackets[p.id] ?? 0,
+        rxBytes: st.peerRxBytes[p.id] ?? 0,
+      });
+    }
+    peers.sort((a, b) => a.id - b.id);
+    return {
+      counters: s.counters,
+      drops: s.drops,
+      batchSizes: s.batchSizes,
+      running: this.isRunning,
+      encap: this.encap.name,
+      routes: this.routes.size,
+      peers,
+    };
+  }
+
+  /** TUN readiness handler (public for benchmarks and tests that drive the loop by hand). */
+  onTunReadable(): void {
+    if (!this.isRunning) return;
+    const batch = this.tunBatch;
+    for (let turn = 0; turn < this.maxBatchesPerTurn; turn++) {
+      batch.count = 0;
+      const n = this.tun.read(batch);
+      if (n <= 0) return;
+      this.forwardFromTun(n);
+      if (n < batch.capacity) return;
+    }
+    (this.stats.counters[Counter.tunTurnYields] as number)++;
+    if (!this.tunPending) {
+      this.tunPending = true;
+      setImmediate(this.continueTun);
+    }
+  }
+
+  /** Socket readiness handler (public for benchmarks and tests that drive the loop by hand). */
+  onConnReadable(): void {
+    if (!this.isRunning) return;
+    const batch = this.rxBatch;
+    for (let turn = 0; turn < this.maxBatchesPerTurn; turn++) {
+      batch.count = 0;
+      const n = this.conn.recv(batch);
+      if (n <= 0) return;
+      this.forwardFromConn(n);
+      if (n < this.rxFullAt) return;
+    }
+    (this.stats.counters[Counter.recvTurnYields] as number)++;
+    if (!this.connPending) {
+      this.connPending = true;
+      setImmediate(this.continueConn);
+    }
+  }
+
+  private forwardFromTun(n: number): void {
+    const batch = this.tunBatch;
+    const arena = batch.arena;
+    const offsets = batch.offset;
+    const lengths = batch.length;
+    const encap = this.encap;
+    const headroom = encap.headroom;
+    const routes = this.routes;
+    const stats = this.stats;
+    const counters = stats.counters;
+    const drops = stats.drops;
+    const txPeer = this.txPeer;
+    const icmp = this.icmpBatch;
+    icmp.count = 0;
+    let readBytes = 0;
+    let j = 0;
+    for (let i = 0; i < n; i++) {
+      const off = offsets[i] as number;
+      const len = lengths[i] as number;
+      readBytes += len;
+      const total = ipv4Validate(arena, off, len);
+      if (total <= 0) {
+        (drops[-total] as number)++;
+        continue;
+      }
+      if ((arena[off + 8] as number) <= 1) {
+        (drops[DropReason.ttlExpired] as number)++;
+        continue;
+      }
+      const peer = routes.lookup(ipv4Dst(arena, off));
+      if (peer === undefined) {
+        (drops[DropReason.noRoute] as number)++;
+        const k = icmp.count;
+        if (k < icmp.capacity) {
+          const at = icmp.slotStart(k);
+          const rlen = buildIcmpUnreachable(arena, off, total, icmp.arena, at, this.local.tunAddr);
+          if (rlen > 0) icmp.push(at, rlen);
+        }
+        continue;
+      }
+      ipv4DecrementTtl(arena, off);
+      const start = encap.encapsulate(arena, off, total, peer);
+      if (start < 0) {
+        (drops[-start] as number)++;
+        continue;
+      }
+      offsets[j] = start;
+      lengths[j] = total + headroom;
+      batch.addr[j] = peer.publicIp;
+      batch.port[j] = peer.port || this.port;
+      txPeer[j] = peer.id;
+      j++;
+    }
+    (counters[Counter.tunReadPackets] as number) += n;
+    (counters[Counter.tunReadBytes] as number) += readBytes;
+    (counters[Counter.tunReadBatches] as number)++;
+    (stats.tunReadSizes[batchBucket(n)] as number)++;
+    batch.count = j;
+    if (j > 0) {
+      let sent = this.conn.send(batch);
+      if (sent < 0) sent = 0;
+      if (sent > j) sent = j;
+      let bytes = 0;
+      const pTx = stats.peerTxPackets;
+      const pTxB = stats.peerTxBytes;
+      for (let k = 0; k < sent; k++) {
+        const id = txPeer[k] as number;
+        const l = lengths[k] as number;
+        bytes += l;
+        (pTx[id] as number)++;
+        (pTxB[id] as number) += l;
+      }
+      (counters[Counter.sendPackets] as number) += sent;
+      (counters[Counter.sendBytes] as number) += bytes;
+      if (sent < j) (drops[DropReason.send] as number) += j - sent;
+    }
+    if (icmp.count > 0) this.writeTun(icmp, true);
+  }
+
+  private forwardFromConn(n: number): void {
+    const batch = this.rxBatch;
+    const arena = batch.arena;
+    const offsets = batch.offset;
+    const lengths = batch.length;
+    const addrs = batch.addr;
+    const ports = batch.port;
+    const encap = this.encap;
+    const headroom = encap.headroom;
+    const byIp = this.peersByIp;
+    const checkPort = this.checkPeerPort;
+    const defaultPort = this.port;
+    const localNet = this.localNet;
+    const localMask = this.localMask;
+    const tunAddr = this.local.tunAddr;
+    const stats = this.stats;
+    const counters = stats.counters;
+    const drops = stats.drops;
+    const pRx = stats.peerRxPackets;
+    const pRxB = stats.peerRxBytes;
+    let recvBytes = 0;
+    let j = 0;
+    for (let i = 0; i < n; i++) {
+      const off = offsets[i] as number;
+      const len = lengths[i] as number;
+      recvBytes += len;
+      const src = addrs[i] as number;
+      const peer = byIp.get(src | 0);
+      if (
+        peer === undefined ||
+        peer.publicIp !== src ||
+        (checkPort && ports[i] !== (peer.port || defaultPort))
+      ) {
+        (drops[DropReason.unknownPeer] as number)++;
+        continue;
+      }
+      const why = encap.decapsulate(arena, off, len);
+      if (why !== DropReason.none) {
+        (drops[why] as number)++;
+        continue;
+      }
+      const ioff = off + headroom;
+      const total = ipv4Validate(arena, ioff, len - headroom);
+      if (total <= 0) {
+        (drops[-total] as number)++;
+        continue;
+      }
+      const isrc = ipv4Src(arena, ioff);
+      const sub = peer.subnet;
+      if ((isrc & prefixMask(sub.prefix)) >>> 0 !== sub.addr && isrc !== peer.publicIp) {
+        (drops[DropReason.spoofedSource] as number)++;
+        continue;
+      }
+      const idst = ipv4Dst(arena, ioff);
+      if ((idst & localMask) >>> 0 !== localNet && idst !== tunAddr) {
+        (drops[DropReason.notForUs] as number)++;
+        continue;
+      }
+      if (!ipv4DecrementTtl(arena, ioff)) {
+        (drops[DropReason.ttlExpired] as number)++;
+        continue;
+      }
+      offsets[j] = ioff;
+      lengths[j] = total;
+      j++;
+      const id = peer.id;
+      (pRx[id] as number)++;
+      (pRxB[id] as number) += total;
+    }
+    (counters[Counter.recvPackets] as number) += n;
+    (counters[Counter.recvBytes] as number) += recvBytes;
+    (counters[Counter.recvBatches] as number)++;
+    (stats.recvSizes[batchBucket(n)] as number)++;
+    batch.count = j;
+    if (j > 0) this.writeTun(batch, false);
+  }
+
+  private writeTun(batch: PacketBatch, icmp: boolean): void {
+    const j = batch.count;
+    let w = this.tun.write(batch);
+    if (w < 0) w = 0;
+    if (w > j) w = j;
+    let bytes = 0;
+    for (let k = 0; k < w; k++) bytes += batch.length[k] as number;
+    const counters = this.stats.counters;
+    (counters[Counter.tunWritePackets] as number) += w;
+    (counters[Counter.tunWriteBytes] as number) += bytes;
+    if (icmp) (counters[Counter.icmpUnreachableSent] as number) += w;
+    if (w < j) (this.stats.drops[DropReason.tunWrite] as number) += j - w;
+  }
+}
+
+function align(n: number, to: number): number {
+  return Math.ceil(n / to) * to;
+}
+
+function positiveInt(n: number, what: string): number {
+  if (!Number.isInteger(n) || n <= 0) throw new ConfigError(what, `must be a positive integer, got ${n}`);
+  return n;
+}
+
+function checkPeer(p: Peer): void {
+  if (!Number.isInteger(p.id) || p.id < 0) {
+    throw new ConfigError('peer.id', `peer ${p.leaseKey} has id ${p.id}; use PeerIdAllocator for dense ids`);
+  }
+  if (p.vtepMac !== undefined && p.vtepMac.length !== 6) {
+    throw new ConfigError(
+      'peer.vtepMac',
+      `peer ${p.leaseKey} has a ${p.vtepMac.length}-byte VTEP MAC; it must have 6`,
+    );
+  }
+}

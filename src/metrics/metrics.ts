@@ -1,0 +1,256 @@
+/**
+ * Prometheus metrics for weftd (GET /metrics on the health server).
+ *
+ * The data path only bumps typed-array counters; this module turns snapshots of them into
+ * Prometheus series at scrape time (collect callbacks), so scraping costs nothing between
+ * scrapes and the hot loop never touches prom-client. Names follow Prometheus conventions:
+ * `weft_` prefix, `_total` for counters, base units (bytes, seconds). Node's process
+ * metrics (process_*, nodejs_*) come from prom-client's defaults.
+ */
+import { Counter, Gauge, Registry, collectDefaultMetrics } from 'prom-client';
+import type { DaemonStatus } from '../daemon/daemon.ts';
+import type { ForwarderSnapshot } from '../dataplane/forwarder.ts';
+
+export interface MetricsSources {
+  /** The daemon's status (lease, peers, counters, readiness). */
+  status(): DaemonStatus;
+  /** The userspace forwarder's counters; undefined for kernel data paths or before start. */
+  forwarder(): ForwarderSnapshot | undefined;
+  /** Extra facts for weft_info and weft_dataplane_offload. */
+  info(): { version: string; dataplane: string; offloads: Readonly<Record<string, boolean>> };
+}
+
+const BATCH_SIZE_LABELS = ['1', '2-3', '4-7', '8-15', '16-31', '32-63', '64-127', '128+'];
+
+/** counters key of ForwarderSnapshot -> [metric, direction label]. */
+const PACKET_COUNTERS: Readonly<Record<string, [string, string]>> = {
+  tunReadPackets: ['packets', 'tun_read'],
+  tunReadBytes: ['bytes', 'tun_read'],
+  tunWritePackets: ['packets', 'tun_write'],
+  tunWriteBytes: ['bytes', 'tun_write'],
+  sendPackets: ['packets', 'sent'],
+  sendBytes: ['bytes', 'sent'],
+  recvPackets: ['packets', 'received'],
+  recvBytes: ['bytes', 'received'],
+};
+
+function snakeCase(s: string): string {
+  return s.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toLowerCase();
+}
+
+/** Sets a prom-client counter to an absolute value read from a snapshot. */
+function setCounter<T extends string>(
+  c: Counter<T>,
+  labels: Partial<Record<T, string>>,
+  value: number,
+): void {
+  if (value > 0) c.inc(labels, value);
+  else c.inc(labels, 0);
+}
+
+export function createMetrics(src: MetricsSources): Registry {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+  const r = [registry];
+
+  new Gauge({
+    name: 'weft_info',
+    help: 'Constant 1, labelled with the backend, lease store, data plane and version',
+    labelNames: ['version', 'backend', 'store', 'dataplane', 'network'],
+    registers: r,
+    collect() {
+      this.reset();
+      const s = src.status();
+      const i = src.info();
+      this.set(
+        {
+          version: i.version,
+          backend: s.backend ?? '',
+          store: s.store ?? '',
+          dataplane: i.dataplane,
+          network: s.network ?? '',
+        },
+        1,
+      );
+    },
+  });
+  new Gauge({
+    name: 'weft_ready',
+    help: '1 when the lease is held, the subnet file written and the data path up',
+    registers: r,
+    collect() {
+      this.set(src.status().ready ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'weft_lease_held',
+    help: '1 while this node holds a lease',
+    registers: r,
+    collect() {
+      this.set(src.status().checks.leaseHeld ? 1 : 0);
+    },
+  });
+  new Gauge({
+    name: 'weft_lease_expiry_seconds',
+    help: "Seconds until this node's lease expires (absent when the store has no expiry)",
+    registers: r,
+    collect() {
+      this.reset();
+      const exp = src.status().lease?.expiresAt;
+      if (exp) this.set((Date.parse(exp) - Date.now()) / 1000);
+    },
+  });
+  const daemonCounter = (name: string, help: string, key: keyof DaemonStatus['counters']): void => {
+    new Counter({
+      name,
+      help,
+      registers: r,
+      collect() {
+        this.reset();
+        setCounter(this, {}, src.status().counters[key]);
+      },
+    });
+  };
+  daemonCounter(
+    'weft_lease_acquisitions_total',
+    'Leases acquired (first and re-acquisitions)',
+    'leaseAcquired',
+  );
+  daemonCounter('weft_lease_renewals_total', 'Successful lease renewals', 'leaseRenewed');
+  daemonCounter('weft_lease_renew_failures_total', 'Failed lease renewal attempts', 'renewFailures');
+  daemonCounter('weft_lease_lost_total', 'Times our own lease vanished and was re-acquired', 'leaseLost');
+  daemonCounter(
+    'weft_lease_subnet_changes_total',
+    'Re-acquisitions that had to take another subnet',
+    'subnetChanged',
+  );
+  daemonCounter('weft_peer_events_total', 'Peer lease events applied to the backend', 'peerEvents');
+  daemonCounter(
+    'weft_watch_restarts_total',
+    'Times the peer watch was restarted (reconnects, relists)',
+    'watchRestarts',
+  );
+  new Gauge({
+    name: 'weft_peers',
+    help: "Peers (other nodes' leases) known",
+    registers: r,
+    collect() {
+      this.set(src.status().peers.length);
+    },
+  });
+  new Gauge({
+    name: 'weft_routes',
+    help: 'Entries in the data path route table (userspace) or peers routed (kernel)',
+    registers: r,
+    collect() {
+      const f = src.forwarder();
+      this.set(f ? f.routes : src.status().peers.length);
+    },
+  });
+
+  const packets = new Counter({
+    name: 'weft_dataplane_packets_total',
+    help: 'Packets through the userspace data path, by direction (tun_read, tun_write, sent, received)',
+    labelNames: ['direction'],
+    registers: r,
+    collect() {
+      fillDirections(this, 'packets');
+    },
+  });
+  const bytes = new Counter({
+    name: 'weft_dataplane_bytes_total',
+    help: 'Bytes through the userspace data path, by direction (sent/received count UDP payload)',
+    labelNames: ['direction'],
+    registers: r,
+    collect() {
+      fillDirections(this, 'bytes');
+    },
+  });
+  function fillDirections(c: Counter<'direction'>, kind: string): void {
+    c.reset();
+    const f = src.forwarder();
+    if (!f) return;
+    for (const [key, [metric, direction]] of Object.entries(PACKET_COUNTERS)) {
+      if (metric === kind) setCounter(c, { direction }, f.counters[key] ?? 0);
+    }
+  }
+  void packets;
+  void bytes;
+  new Counter({
+    name: 'weft_dataplane_drops_total',
+    help: 'Packets dropped by the data path, by reason',
+    labelNames: ['reason'],
+    registers: r,
+    collect() {
+      this.reset();
+      const f = src.forwarder();
+      if (!f) return;
+      for (const [reason, v] of Object.entries(f.drops)) setCounter(this, { reason: snakeCase(reason) }, v);
+    },
+  });
+  new Counter({
+    name: 'weft_dataplane_icmp_unreachable_total',
+    help: 'ICMP net-unreachable replies written back to the TUN (no route)',
+    registers: r,
+    collect() {
+      this.reset();
+      setCounter(this, {}, src.forwarder()?.counters.icmpUnreachableSent ?? 0);
+    },
+  });
+  new Counter({
+    name: 'weft_dataplane_batches_total',
+    help: 'Non-empty batches, by side (tun_read, received) and size range in packets',
+    labelNames: ['side', 'size'],
+    registers: r,
+    collect() {
+      this.reset();
+      const f = src.forwarder();
+      if (!f) return;
+      const sides: [string, readonly number[]][] = [
+        ['tun_read', f.batchSizes.tunRead],
+        ['received', f.batchSizes.recv],
+      ];
+      for (const [side, buckets] of sides) {
+        buckets.forEach((v, i) => setCounter(this, { side, size: BATCH_SIZE_LABELS[i] ?? String(i) }, v));
+      }
+    },
+  });
+  new Gauge({
+    name: 'weft_dataplane_offload',
+    help: '1 when an offload is in use (tun_vnet_hdr, tun_tso, tun_uso, udp_gso, udp_gro)',
+    labelNames: ['feature'],
+    registers: r,
+    collect() {
+      this.reset();
+      for (const [feature, on] of Object.entries(src.info().offloads))
+        this.set({ feature: snakeCase(feature) }, on ? 1 : 0);
+    },
+  });
+  const perPeer = (
+    name: string,
+    help: string,
+    pick: (p: ForwarderSnapshot['peers'][number], dir: string) => number,
+  ): void => {
+    new Counter({
+      name,
+      help,
+      labelNames: ['peer_subnet', 'peer_ip', 'direction'],
+      registers: r,
+      collect() {
+        this.reset();
+        for (const p of src.forwarder()?.peers ?? []) {
+          for (const direction of ['tx', 'rx']) {
+            setCounter(this, { peer_subnet: p.subnet, peer_ip: p.publicIp, direction }, pick(p, direction));
+          }
+        }
+      },
+    });
+  };
+  perPeer('weft_peer_packets_total', 'Packets sent to (tx) and received from (rx) each peer', (p, d) =>
+    d === 'tx' ? p.txPackets : p.rxPackets,
+  );
+  perPeer('weft_peer_bytes_total', 'Bytes sent to (tx) and received from (rx) each peer', (p, d) =>
+    d === 'tx' ? p.txBytes : p.rxBytes,
+  );
+  return registry;
+}

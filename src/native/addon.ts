@@ -1,0 +1,175 @@
+/**
+ * The native batch I/O addon (native/weft_io.c), loaded once per thread and typed here so
+ * no `any` leaks into the data path. Built by scripts/build-native.mjs (run by
+ * scripts/setup.sh) into native/build/weft_io.node.
+ *
+ * Handles are opaque externals: every call takes the handle first. Batches cross the
+ * boundary as the PacketBatch's own arena and typed arrays (nothing is allocated per call
+ * on the JS side).
+ */
+import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { resolve } from 'node:path';
+import { DeviceError } from '../util/errors.ts';
+import { projectRoot } from '../util/self.ts';
+
+/** Opaque handle owned by the addon (a TUN fd or a UDP socket plus its poll handle). */
+export type NativeHandle = { readonly __weftNativeHandle: unique symbol };
+
+/** TUNSETOFFLOAD bits. */
+export const TunOffloadBits = {
+  CSUM: 0x01,
+  TSO4: 0x02,
+  TSO6: 0x04,
+  USO4: 0x20,
+  USO6: 0x40,
+} as const;
+
+export interface TunOpenResult {
+  handle: NativeHandle;
+  /** Name the kernel gave the device. */
+  name: string;
+  vnetHdr: boolean;
+  /** TUNSETOFFLOAD bits the kernel accepted (0 = none). */
+  offloadBits: number;
+}
+
+export interface UdpOpenResult {
+  handle: NativeHandle;
+  addr: number;
+  port: number;
+  gso: boolean;
+  gro: boolean;
+  /** Buffer sizes as the kernel reports them (twice the requested size). */
+  rcvbuf: number;
+  sndbuf: number;
+}
+
+export interface TunCounters {
+  reads: number;
+  packetsIn: number;
+  superPackets: number;
+  segments: number;
+  csumCompleted: number;
+  writes: number;
+  packetsOut: number;
+  coalescedWrites: number;
+  coalescedSegments: number;
+  eagain: number;
+  errors: number;
+  dropped: number;
+  pendingSuperPackets: number;
+}
+
+export interface UdpCounters {
+  recvCalls: number;
+  messagesIn: number;
+  datagramsIn: number;
+  groMessages: number;
+  sendCalls: number;
+  messagesOut: number;
+  datagramsOut: number;
+  gsoMessages: number;
+  eagain: number;
+  sendWaits: number;
+  errors: number;
+  truncated: number;
+  dropped: number;
+  /** 1 while UDP_SEGMENT is used (turned off when the egress device refuses it with EIO). */
+  gsoEnabled: number;
+}
+
+export interface WeftIoAddon {
+  tunOpen(name: string, vnetHdr: boolean, multiQueue: boolean, offloads: boolean, mtu: number): TunOpenResult;
+  tunRead(
+    h: NativeHandle,
+    arena: Buffer,
+    headroom: number,
+    slotSize: number,
+    capacity: number,
+    offset: Int32Array,
+    length: Int32Array,
+  ): number;
+  tunWrite(h: NativeHandle, arena: Buffer, offset: Int32Array, length: Int32Array, count: number): number;
+  udpOpen(
+    bindAddr: number,
+    port: number,
+    reusePort: boolean,
+    rcvbuf: number,
+    sndbuf: number,
+    offloads: boolean,
+  ): UdpOpenResult;
+  udpSend(
+    h: NativeHandle,
+    arena: Buffer,
+    offset: Int32Array,
+    length: Int32Array,
+    addr: Uint32Array,
+    port: Uint16Array,
+    count: number,
+  ): number;
+  udpRecv(
+    h: NativeHandle,
+    arena: Buffer,
+    messageSize: number,
+    capacity: number,
+    offset: Int32Array,
+    length: Int32Array,
+    addr: Uint32Array,
+    port: Uint16Array,
+  ): number;
+  startReading(h: NativeHandle, onReadable: () => void): void;
+  stopReading(h: NativeHandle): void;
+  close(h: NativeHandle): void;
+  stats(h: NativeHandle): TunCounters | UdpCounters;
+  /**
+   * Test hook: segments one packet read from a vnet-header device (10-byte header + packet)
+   * into the slotted batch described by the arguments, as tunRead would. Returns the count.
+   */
+  segment(
+    vnetHdrPlusPacket: Buffer,
+    arena: Buffer,
+    headroom: number,
+    slotSize: number,
+    capacity: number,
+    offset: Int32Array,
+    length: Int32Array,
+  ): number;
+  /**
+   * Test hook: the bytes each TUN write of this batch would carry (vnet header first), as
+   * tunWrite with TSO would issue them. Fixes the first packet's headers in place, as the
+   * real write does.
+   */
+  coalesce(arena: Buffer, offset: Int32Array, length: Int32Array, count: number): Buffer[];
+}
+
+/** Path of the compiled addon. */
+export const addonPath = resolve(projectRoot, 'native', 'build', 'weft_io.node');
+
+let cached: WeftIoAddon | undefined;
+
+/** Loads the addon (once per thread). Throws DeviceError when it has not been built. */
+export function loadAddon(): WeftIoAddon {
+  if (cached) return cached;
+  if (!existsSync(addonPath)) {
+    throw new DeviceError(
+      `native addon ${addonPath} is not built: run scripts/setup.sh (or node scripts/build-native.mjs)`,
+    );
+  }
+  const require = createRequire(import.meta.url);
+  try {
+    cached = require(addonPath) as WeftIoAddon;
+  } catch (err) {
+    throw new DeviceError(
+      `native addon ${addonPath} failed to load (${(err as Error).message}): rebuild it with node scripts/build-native.mjs`,
+      { cause: err },
+    );
+  }
+  return cached;
+}
+
+/** Wraps an addon failure (errno-carrying Error) into a DeviceError saying what was attempted. */
+export function deviceError(what: string, err: unknown, hint: string): DeviceError {
+  const msg = err instanceof Error ? err.message : String(err);
+  return new DeviceError(`${what} failed: ${msg}; ${hint}`, { cause: err });
+}
