@@ -10,7 +10,7 @@
  *   npm run bench [-- --runs 3 --seconds 5 --only udp]
  */
 import { mkdirSync, writeFileSync } from 'node:fs';
-import { cpus, release } from 'node:os';
+import { cpus, loadavg, release } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { NetnsRun, cleanupStale } from '../src/netns/netns.ts';
@@ -117,6 +117,7 @@ async function main(): Promise<number> {
     `bench: ${rows.length} rows x ${runs} runs x ${seconds} s of iperf3 (TCP, 1 stream)\n`,
   );
 
+  const loadBefore = loadavg()[0] ?? 0;
   const results: RowResult[] = [];
   for (const row of rows) results.push(await measure(row, runs, seconds));
   const ref = results.find((r) => r.name === REFERENCE)?.median;
@@ -144,6 +145,9 @@ async function main(): Promise<number> {
   process.stdout.write(
     `\nPod-to-pod TCP, iperf3 1 stream, ${seconds} s, median of ${runs} (2 nodes in network namespaces, veth underlay MTU 1500)\n`,
   );
+  process.stdout.write(
+    `(1-min load average ${loadBefore.toFixed(1)} before, ${(loadavg()[0] ?? 0).toFixed(1)} after, on ${cpus().length} CPUs: other work on the machine lowers every row)\n`,
+  );
   process.stdout.write(`${line(head)}\n${widths.map((w) => '-'.repeat(w)).join('  ')}\n`);
   for (const row of body) process.stdout.write(`${line(row)}\n`);
 
@@ -153,7 +157,14 @@ async function main(): Promise<number> {
   const file = join(dir, `${stamp}.json`);
   const report = {
     date: new Date().toISOString(),
-    machine: { cpus: cpus().length, cpuModel: cpus()[0]?.model, kernel: release(), node: process.version },
+    machine: {
+      cpus: cpus().length,
+      cpuModel: cpus()[0]?.model,
+      kernel: release(),
+      node: process.version,
+      loadavg1mBefore: loadBefore,
+      loadavg1mAfter: loadavg()[0] ?? 0,
+    },
     test: { tool: 'iperf3', protocol: 'tcp', streams: 1, seconds, runs, reference: REFERENCE },
     rows: final,
   };

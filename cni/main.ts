@@ -4,11 +4,13 @@
  * Kept tiny and bundled (scripts/build-cni.mjs) because the runtime starts it for every pod;
  * no top-level await, so the same code also bundles as CommonJS (the installed binary).
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeSync } from 'node:fs';
+import { isatty } from 'node:tty';
 import { runPlugin } from './plugin.ts';
 
 function readStdin(): string {
-  if (process.stdin.isTTY) return '';
+  // fd-level I/O: touching process.stdin/stdout would set up stream objects (a few ms per pod).
+  if (isatty(0)) return '';
   try {
     return readFileSync(0, 'utf8');
   } catch {
@@ -16,10 +18,21 @@ function readStdin(): string {
   }
 }
 
+function writeAll(fd: number, text: string): void {
+  const buf = Buffer.from(text);
+  for (let off = 0; off < buf.length; ) {
+    try {
+      off += writeSync(fd, buf, off);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EAGAIN') return; // reader gone: nothing to tell
+    }
+  }
+}
+
 async function main(): Promise<number> {
   const out = await runPlugin({ env: process.env, stdin: readStdin() });
-  if (out.stderr) process.stderr.write(out.stderr);
-  if (out.stdout) process.stdout.write(out.stdout);
+  if (out.stderr) writeAll(2, out.stderr);
+  if (out.stdout) writeAll(1, out.stdout);
   return out.exitCode;
 }
 
@@ -29,7 +42,9 @@ main().then(
   },
   (err: unknown) => {
     // runPlugin reports every error as a CNI error object; reaching here is a bug.
-    process.stdout.write(JSON.stringify({ cniVersion: '1.1.0', code: 5, msg: `weft-cni crashed: ${String(err)}` }));
+    process.stdout.write(
+      JSON.stringify({ cniVersion: '1.1.0', code: 5, msg: `weft-cni crashed: ${String(err)}` }),
+    );
     process.exitCode = 1;
   },
 );

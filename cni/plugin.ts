@@ -123,17 +123,16 @@ class Commands {
     let result: Json | undefined;
     try {
       result = await delegate.invoke('ADD', dconf, {});
+      if (!result) throw new CniError(CniCode.Decode, `delegate "${delegate.type}" ADD printed no result`);
     } catch (err) {
       try {
         await delegate.invoke('DEL', dconf, {});
+        removeAttachment(conf.dataDir, id, ifname);
       } catch {
-        /* best effort: the ADD error is what the runtime must see */
+        // Keep the saved conf: the runtime's DEL (or GC) retries the cleanup with it. The ADD
+        // error is what the runtime must see.
       }
-      removeAttachment(conf.dataDir, id, ifname);
       throw err;
-    }
-    if (!result) {
-      throw new CniError(CniCode.Decode, `delegate "${delegate.type}" ADD printed no result`);
     }
     return JSON.stringify(result);
   }

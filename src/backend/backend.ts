@@ -12,6 +12,7 @@
  */
 import type { Lease, LeaseEvent, NetworkConfig } from '../lease/types.ts';
 import type { Logger } from '../util/log.ts';
+import type { ForwarderSnapshot } from '../dataplane/forwarder.ts';
 
 export interface BackendContext {
   readonly network: NetworkConfig;
@@ -38,8 +39,20 @@ export interface BackendStats {
   readonly [name: string]: number | Readonly<Record<string, number>>;
 }
 
+/** What metrics and status need to know about a backend's data path. */
+export interface DataplaneInfo {
+  /** Who moves the packets: weft's userspace forwarder, or the kernel. */
+  readonly dataplane: 'userspace' | 'kernel';
+  /** The userspace forwarder's counters (undefined for kernel data paths or before start). */
+  readonly forwarder?: ForwarderSnapshot;
+  /** Offloads in use (tunVnetHdr, tunTso, tunUso, udpGso, udpGro, ...). */
+  readonly offloads: Readonly<Record<string, boolean>>;
+}
+
 export interface Backend {
   readonly type: string;
+  /** Data path facts for metrics (optional: backends without one report none). */
+  dataplaneInfo?(): DataplaneInfo;
   prepare(): Promise<PreparedBackend>;
   start(lease: Lease, signal: AbortSignal): Promise<void>;
   applyPeers(events: readonly LeaseEvent[]): void;

@@ -26,9 +26,9 @@ export const BACKENDS: Readonly<Record<string, RegisteredBackend>> = {
     const { VxlanBackend } = await import('./vxlan/vxlan.ts');
     return new VxlanBackend(ctx);
   },
-  wireguard: async (ctx) => {
+  wireguard: async (ctx, x) => {
     const { WireguardBackend } = await import('./wireguard/wireguard-backend.ts');
-    return new WireguardBackend(ctx);
+    return new WireguardBackend(ctx, x.tunName);
   },
   'host-gw': async (ctx) => {
     const { HostGwBackend } = await import('./hostgw/hostgw.ts');

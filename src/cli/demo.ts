@@ -11,7 +11,7 @@
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { NetnsRun, cleanupStale } from '../netns/netns.ts';
-import { Cluster, WEFT_TUN } from '../netns/topology.ts';
+import { Cluster, TopologyError, WEFT_TUN, summarizeLog } from '../netns/topology.ts';
 import type { ClusterNode, Pod } from '../netns/topology.ts';
 import { formatCidr } from '../routing/ipv4.ts';
 import type { CliIo } from './weft.ts';
@@ -185,7 +185,9 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
         n.pods.map((p) => p.addr).join(' '),
       ]);
     }
-    say(table(leaseRows, '     '));
+    // Kernel backends (vxlan kernel plane, host-gw) have no TUN: drop the empty column.
+    const showTun = leaseRows.slice(1).some((r) => r[4] !== '-');
+    say(table(showTun ? leaseRows : leaseRows.map((r) => r.filter((_, i) => i !== 4)), '     '));
     const n1 = cluster.node(1);
     say(`   ${n1.name}'s subnet file (what the CNI plugin reads to configure pods):`);
     for (const line of readFileSync(n1.subnetFile, 'utf8').trimEnd().split('\n')) say(`     ${line}`);
@@ -274,9 +276,11 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
   } catch (err) {
     const e = err as { code?: string; message?: string };
     io.err(`weft demo failed: ${e.code ? `[${e.code}] ` : ''}${e.message ?? String(err)}`);
-    for (const n of cluster?.nodes ?? []) {
-      const out = n.weftd?.output().trim();
-      if (out) io.err(`--- weftd on ${n.name} (last lines) ---\n${out.split('\n').slice(-15).join('\n')}`);
+    if (!(err instanceof TopologyError)) {
+      for (const n of cluster?.nodes ?? []) {
+        const out = n.weftd?.output().trim();
+        if (out) io.err(`--- weftd on ${n.name}, last lines ---\n${summarizeLog(out, 8)}`);
+      }
     }
     return 1;
   } finally {

@@ -30,6 +30,14 @@ export const COMMANDS: Readonly<Record<string, Subcommand>> = {
     summary: 'build a cluster in network namespaces, run weftd on it and show pods talking',
     run: async (args, io) => (await import('./demo.ts')).demoMain(args, io),
   },
+  status: {
+    summary: "show this node's lease, peers, routes and counters (from weftd's status endpoint)",
+    run: async (args, io) => (await import('./status.ts')).statusMain(args, io),
+  },
+  compare: {
+    summary: 'measure every backend side by side (RTT, throughput, packet rate, overhead, CPU)',
+    run: async (args, io) => (await import('./compare.ts')).compareMain(args, io),
+  },
 };
 
 export const defaultIo: CliIo = {

@@ -14,6 +14,7 @@ import { helpText, parseOptions } from '../daemon/options.ts';
 import type { DaemonOptions } from '../daemon/options.ts';
 import { ConfigError } from '../util/errors.ts';
 import { createLogger } from '../util/log.ts';
+import { WEFT_VERSION } from '../util/self.ts';
 
 export const EXIT_OK = 0;
 export const EXIT_FAILED = 1;
@@ -49,6 +50,20 @@ export async function main(
         port: options.healthzPort,
         status: () => daemon.status(),
         log,
+      });
+      const { createMetrics } = await import('../metrics/metrics.ts');
+      const registry = createMetrics({
+        status: () => daemon.status(),
+        forwarder: () => daemon.dataplaneInfo()?.forwarder,
+        info: () => {
+          const d = daemon.dataplaneInfo();
+          return { version: WEFT_VERSION, dataplane: d?.dataplane ?? 'none', offloads: d?.offloads ?? {} };
+        },
+      });
+      health.addRoute('/metrics', async (_req, res) => {
+        const text = await registry.metrics();
+        res.writeHead(200, { 'content-type': registry.contentType });
+        res.end(text);
       });
     } catch (err) {
       log.error({ err }, 'cannot start the health server');

@@ -20,7 +20,7 @@
  * we already applied, so the backend only ever sees real changes.
  */
 import { readFile } from 'node:fs/promises';
-import type { Backend, BackendContext, PreparedBackend } from '../backend/backend.ts';
+import type { Backend, BackendContext, DataplaneInfo, PreparedBackend } from '../backend/backend.ts';
 import { createBackend as registryCreateBackend } from '../backend/registry.ts';
 import { reconcileSnapshot } from '../lease/reconcile.ts';
 import type { Lease, LeaseAttrs, LeaseEvent, LeaseStore, NetworkConfig } from '../lease/types.ts';
@@ -28,6 +28,7 @@ import type { Ipv4Cidr } from '../routing/ipv4.ts';
 import { cidrEquals, cidrToKey, formatCidr, formatIpv4, parseIpv4 } from '../routing/ipv4.ts';
 import { ConfigError } from '../util/errors.ts';
 import type { Logger } from '../util/log.ts';
+import type { InstallCniOptions } from './install-cni.ts';
 import type { DaemonOptions } from './options.ts';
 import { readSubnetFile, removeSubnetFile, SubnetFileError, writeSubnetFile } from './subnet-file.ts';
 import { describeUnderlay, pickUnderlay } from './underlay.ts';
@@ -66,6 +67,8 @@ export interface DaemonDeps {
   readonly pickUnderlay?: (iface: readonly string[]) => Promise<Underlay>;
   /** Masquerade rules for --ip-masq (default: src/ipmasq nftables table). */
   readonly ipMasq?: (network: Ipv4Cidr, subnet: Ipv4Cidr, log: Logger) => IpMasqControl;
+  /** Installs the CNI plugin + conflist for --install-cni (default: src/daemon/install-cni.ts). */
+  readonly installCni?: (opts: InstallCniOptions) => void | Promise<void>;
   readonly clock?: Clock;
   /** Delay between retries of a failed acquire / watch (default 5 s). */
   readonly retryMs?: number;
@@ -137,6 +140,8 @@ export interface DaemonHandle {
   readonly done: Promise<{ readonly error?: unknown }>;
   readonly state: DaemonState;
   status(): DaemonStatus;
+  /** The backend's data path facts (forwarder counters, offloads), for metrics. */
+  dataplaneInfo(): DataplaneInfo | undefined;
   /** Graceful stop: removes what start created (TUN, rules); keeps the lease unless --release-on-exit. */
   stop(): Promise<void>;
 }
@@ -161,16 +166,7 @@ function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
   return new Promise<T>((resolve, reject) => {
     const onAbort = (): void => reject(new Error('weftd is stopping'));
     signal.addEventListener('abort', onAbort, { once: true });
-    p.then(
-      (v) => {
-        signal.removeEventListener('abort', onAbort);
-        resolve(v);
-      },
-      (err: unknown) => {
-        signal.removeEventListener('abort', onAbort);
-        reject(err as Error);
-      },
-    );
+    p.then(resolve, reject).finally(() => signal.removeEventListener('abort', onAbort));
   });
 }
 
@@ -223,6 +219,50 @@ export async function openStoreFromOptions(opts: DaemonOptions, log: Logger): Pr
       });
     }
   }
+}
+
+/**
+ * What --install-cni installs: the dirs from the flags, and from --cni-conf-file (a conflist,
+ * e.g. the kube-weft ConfigMap's cni-conf.json) the network name, cniVersion, the weft-cni
+ * entry's settings and whether portmap follows it.
+ */
+export async function cniInstallOptions(opts: DaemonOptions): Promise<InstallCniOptions> {
+  const base: InstallCniOptions = { binDir: opts.cniBinDir, confDir: opts.cniConfDir };
+  if (!opts.cniConfFile) return base;
+  let conf: unknown;
+  try {
+    conf = JSON.parse(await readFile(opts.cniConfFile, 'utf8'));
+  } catch (err) {
+    throw new ConfigError(
+      'cni-conf-file',
+      `cannot read ${opts.cniConfFile} as JSON: ${(err as Error).message}`,
+      {
+        cause: err,
+      },
+    );
+  }
+  const c = conf as { name?: unknown; cniVersion?: unknown; plugins?: unknown };
+  const plugins = Array.isArray(c.plugins) ? (c.plugins as Record<string, unknown>[]) : undefined;
+  const weft = plugins?.find((p) => typeof p === 'object' && p !== null && p.type === 'weft-cni');
+  if (!weft) {
+    throw new ConfigError(
+      'cni-conf-file',
+      `${opts.cniConfFile} has no "plugins" entry with "type": "weft-cni"`,
+    );
+  }
+  const { type: _type, ...pluginConf } = weft;
+  return {
+    ...base,
+    ...(typeof c.name === 'string' ? { networkName: c.name } : {}),
+    ...(typeof c.cniVersion === 'string' ? { cniVersion: c.cniVersion } : {}),
+    pluginConf,
+    portmap: (plugins ?? []).some((p) => p.type === 'portmap'),
+  };
+}
+
+async function defaultInstallCni(o: InstallCniOptions): Promise<void> {
+  const { installCni } = await import('./install-cni.ts');
+  installCni(o);
 }
 
 async function defaultIpMasqFactory(
@@ -368,6 +408,12 @@ class Daemon implements DaemonHandle {
     this.throwIfStopping();
     this.startWatch();
     this.scheduleRenew();
+    if (opts.installCni) {
+      // Only now: a runtime that sees the conflist may send ADDs at once.
+      const cni = await cniInstallOptions(opts);
+      await (this.deps.installCni ?? defaultInstallCni)(cni);
+      this.log.info({ binDir: cni.binDir, confDir: cni.confDir }, 'CNI plugin and conflist installed');
+    }
     this.st = DaemonState.running;
     this.log.info(
       { subnet: formatCidr(this.lease.subnet), mtu: this.prepared.mtu, subnetFile: opts.subnetFile },
@@ -656,6 +702,14 @@ class Daemon implements DaemonHandle {
   }
 
   // ---- status ---------------------------------------------------------------------------
+
+  dataplaneInfo(): DataplaneInfo | undefined {
+    try {
+      return this.backend?.dataplaneInfo?.();
+    } catch {
+      return undefined;
+    }
+  }
 
   status(): DaemonStatus {
     const leaseHeld =

@@ -1,6 +1,6 @@
 /**
  * Installs weft's CNI plugin on a node, like flannel's install-cni init container: copies the
- * bundled plugin (dist/weft-cni.js, see scripts/build-cni.mjs) into the CNI bin dir as
+ * bundled plugin (dist/weft-cni.cjs, see scripts/build-cni.mjs) into the CNI bin dir as
  * `weft-cni` with a shebang naming this node binary, and writes a conflist (weft-cni, then
  * portmap) into the CNI conf dir. Both writes are atomic (temp file, fsync, rename) so a
  * runtime never reads half a file. weftd calls this when asked by a flag.
@@ -31,7 +31,7 @@ export interface InstallCniOptions {
   networkName?: string;
   /** cniVersion of the conflist (default 1.0.0, which libcni 1.0+ and containerd 1.6 accept). */
   cniVersion?: string;
-  /** The bundled plugin (default <project>/dist/weft-cni.js). */
+  /** The bundled plugin, CommonJS (default <project>/dist/weft-cni.cjs from scripts/build-cni.mjs). */
   source?: string;
   /** Node binary named in the shebang (default: the one running now). */
   nodePath?: string;
@@ -81,7 +81,7 @@ export function renderConflist(opts: InstallCniOptions = {}): Record<string, unk
 export function installCni(opts: InstallCniOptions = {}): InstalledCni {
   const binDir = opts.binDir ?? '/opt/cni/bin';
   const confDir = opts.confDir ?? '/etc/cni/net.d';
-  const source = opts.source ?? resolve(projectRoot, 'dist/weft-cni.js');
+  const source = opts.source ?? resolve(projectRoot, 'dist/weft-cni.cjs');
   let code: string;
   try {
     code = readFileSync(source, 'utf8');

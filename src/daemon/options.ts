@@ -47,6 +47,12 @@ export interface DaemonOptions {
   readonly tunName: string;
   /** Give the lease back on a graceful stop (default: keep it, so a restart keeps the subnet). */
   readonly releaseOnExit: boolean;
+  /** Install the CNI plugin and conflist once ready (flannel's install-cni init container). */
+  readonly installCni: boolean;
+  /** A conflist (JSON) to take the network name, cniVersion and weft-cni settings from. */
+  readonly cniConfFile: string | undefined;
+  readonly cniBinDir: string;
+  readonly cniConfDir: string;
   readonly help: boolean;
 }
 
@@ -127,6 +133,24 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: 'log-level', kind: 'string', dflt: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
   { name: 'tun-name', kind: 'string', dflt: 'weft0', help: 'TUN device of the udp backend' },
   { name: 'release-on-exit', kind: 'bool', dflt: 'false', help: 'give the lease back on a graceful stop' },
+  {
+    name: 'install-cni',
+    kind: 'bool',
+    dflt: 'false',
+    help: 'once ready, install weft-cni into --cni-bin-dir and a conflist into --cni-conf-dir',
+  },
+  {
+    name: 'cni-conf-file',
+    kind: 'string',
+    help: 'conflist JSON to install (name, cniVersion, weft-cni settings)',
+  },
+  { name: 'cni-bin-dir', kind: 'string', dflt: '/opt/cni/bin', help: 'where --install-cni puts the plugin' },
+  {
+    name: 'cni-conf-dir',
+    kind: 'string',
+    dflt: '/etc/cni/net.d',
+    help: 'where --install-cni writes the conflist',
+  },
   { name: 'help', kind: 'bool', dflt: 'false', help: 'print this help and exit' },
 ];
 
@@ -299,6 +323,10 @@ export function parseOptions(
     logLevel,
     tunName,
     releaseOnExit: bool('release-on-exit'),
+    installCni: bool('install-cni'),
+    cniConfFile: str('cni-conf-file'),
+    cniBinDir: str('cni-bin-dir') as string,
+    cniConfDir: str('cni-conf-dir') as string,
     help,
   };
 }

@@ -56,6 +56,11 @@ export interface ForwarderOptions {
    * the source port per flow).
    */
   readonly checkPeerPort?: boolean;
+  /**
+   * Answer ICMP queries (ping) for unrouted destinations with net unreachable too
+   * (default false: like flannel, never answer ICMP; ICMP errors are never answered).
+   */
+  readonly icmpForIcmpQueries?: boolean;
   /** Packets per TUN read (default 64). */
   readonly tunBatchSize?: number;
   /** Receive buffers per socket receive, 64 KiB each (default 4; up to 64 datagrams each with GRO). */
@@ -90,6 +95,7 @@ export class Forwarder {
   readonly port: number;
   readonly checkPeerPort: boolean;
   readonly maxBatchesPerTurn: number;
+  readonly icmpForIcmpQueries: boolean;
 
   private readonly tun: TunDevice;
   private readonly conn: PacketConn;
@@ -123,12 +129,13 @@ export class Forwarder {
     this.port = opts.port;
     this.stats = opts.stats ?? new ForwarderStats();
     this.checkPeerPort = opts.checkPeerPort ?? opts.encap.name === 'udp';
+    this.icmpForIcmpQueries = opts.icmpForIcmpQueries ?? false;
     this.maxBatchesPerTurn = positiveInt(opts.maxBatchesPerTurn ?? 16, 'maxBatchesPerTurn');
     this.localMask = prefixMask(opts.local.subnet.prefix);
     this.localNet = (opts.local.subnet.addr & this.localMask) >>> 0;
 
     const slots = positiveInt(opts.tunBatchSize ?? 64, 'tunBatchSize');
-    // Headroom for the encap header, rounded so packets start 8-byte aligned.
+    // Headroom for the encap header, rounded up to 8 bytes (at least 8) so packets start aligned.
     const headroom = align(Math.max(opts.encap.headroom, 0), 8) || 8;
     const mtu = positiveInt(opts.tun.mtu, 'tun.mtu');
     this.tunBatch = PacketBatch.forSlots(slots, align(headroom + mtu, 64), headroom);
@@ -332,7 +339,15 @@ export class Forwarder {
         const k = icmp.count;
         if (k < icmp.capacity) {
           const at = icmp.slotStart(k);
-          const rlen = buildIcmpUnreachable(arena, off, total, icmp.arena, at, this.local.tunAddr);
+          const rlen = buildIcmpUnreachable(
+            arena,
+            off,
+            total,
+            icmp.arena,
+            at,
+            this.local.tunAddr,
+            this.icmpForIcmpQueries,
+          );
           if (rlen > 0) icmp.push(at, rlen);
         }
         continue;

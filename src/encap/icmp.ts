@@ -23,10 +23,27 @@ function isUnicast(addr: number): boolean {
   return addr !== 0 && addr !== 0xffffffff && addr >>> 28 !== 0xe && addr >>> 28 !== 0xf;
 }
 
-/** True when an unreachable may be sent for this (validated) packet. */
-export function icmpUnreachableAllowed(buf: Uint8Array, offset: number): boolean {
-  if ((buf[offset + 9] as number) === IPPROTO_ICMP) return false;
+/** ICMP error types (RFC 792/1812): never answered with another error. */
+function isIcmpError(type: number): boolean {
+  return type === 3 || type === 4 || type === 5 || type === 11 || type === 12;
+}
+
+/**
+ * True when an unreachable may be sent for this validated packet of `length` bytes.
+ * ICMP input: never, unless `allowIcmpQueries` and it is a query (echo, timestamp, ...).
+ */
+export function icmpUnreachableAllowed(
+  buf: Uint8Array,
+  offset: number,
+  length: number,
+  allowIcmpQueries = false,
+): boolean {
   if (!ipv4IsFirstFragment(buf, offset)) return false;
+  if ((buf[offset + 9] as number) === IPPROTO_ICMP) {
+    if (!allowIcmpQueries) return false;
+    const hlen = ipv4HeaderLength(buf, offset);
+    if (length <= hlen || isIcmpError(buf[offset + hlen] as number)) return false;
+  }
   return isUnicast(ipv4Src(buf, offset)) && isUnicast(ipv4Dst(buf, offset));
 }
 
@@ -34,7 +51,7 @@ export function icmpUnreachableAllowed(buf: Uint8Array, offset: number): boolean
  * Writes the reply for the validated packet at (offset, length) of `src` into `dst` at
  * `dstOffset` (room for ICMP_UNREACHABLE_MAX bytes needed), from `ourAddr` (the TUN
  * address) to the packet's source, TTL 64. Returns the reply length, or 0 when no reply
- * is allowed (see icmpUnreachableAllowed).
+ * is allowed (see icmpUnreachableAllowed) or the slot is too small.
  */
 export function buildIcmpUnreachable(
   src: Uint8Array,
@@ -43,8 +60,9 @@ export function buildIcmpUnreachable(
   dst: Uint8Array,
   dstOffset: number,
   ourAddr: number,
+  allowIcmpQueries = false,
 ): number {
-  if (!icmpUnreachableAllowed(src, offset)) return 0;
+  if (!icmpUnreachableAllowed(src, offset, length, allowIcmpQueries)) return 0;
   const hlen = ipv4HeaderLength(src, offset);
   const quoted = Math.min(length, hlen + 8);
   const icmpLen = 8 + quoted;

@@ -45,8 +45,8 @@ export const UNDERLAY_NETWORK = '198.18.0.0/24';
 export const DEFAULT_POD_NETWORK = '10.244.0.0/16';
 /** Name of the TUN device weftd creates (flannel's is flannel0). */
 export const WEFT_TUN = 'weft0';
-/** weftd's health server port inside each node namespace (GET /readyz, /status). */
-export const WEFTD_HEALTHZ_PORT = 9180;
+/** weftd's health server port inside each node namespace (GET /readyz, /status): `weft status`'s default. */
+export const WEFTD_HEALTHZ_PORT = 10266;
 /** Kernel VXLAN device of the baseline (flannel's is flannel.1). */
 export const BASELINE_VXLAN = 'weft.1';
 
@@ -159,6 +159,37 @@ function capture(
       },
     );
   });
+}
+
+const LEVELS: Readonly<Record<number, string>> = {
+  10: 'trace',
+  20: 'debug',
+  30: 'info',
+  40: 'warn',
+  50: 'error',
+  60: 'fatal',
+};
+
+/**
+ * The last `lines` lines of a weftd's output, readable: pino JSON lines become
+ * "level: msg: err.message" (other lines are kept as they are).
+ */
+export function summarizeLog(output: string, lines = 5): string {
+  return output
+    .trim()
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .slice(-lines)
+    .map((l) => {
+      try {
+        const j = JSON.parse(l) as { level?: number; msg?: string; err?: { message?: string } };
+        const lvl = LEVELS[j.level ?? 0] ?? String(j.level);
+        return `${lvl}: ${j.msg ?? ''}${j.err?.message ? `: ${j.err.message}` : ''}`;
+      } catch {
+        return l;
+      }
+    })
+    .join('\n');
 }
 
 /** Parses flannel's subnet file (KEY=VALUE lines). */
@@ -423,15 +454,23 @@ export class Cluster {
     return proc;
   }
 
-  /** Waits until weftd on `node` has written its subnet file; returns it parsed. */
-  async waitWeftdReady(node: ClusterNode, timeoutMs = 20_000): Promise<SubnetInfo> {
+  /**
+   * Waits until weftd on `node` has written its subnet file and reports ready on /readyz
+   * (lease held, data path up); returns the subnet file parsed. Fails at once, with weftd's
+   * last output, if weftd exits first.
+   */
+  async waitWeftdReady(node: ClusterNode, timeoutMs = 40_000): Promise<SubnetInfo> {
     const proc = node.weftd;
-    const info = await waitFor(`weftd on ${node.name} to write ${node.subnetFile}`, timeoutMs, () => {
+    const alive = (): void => {
       if (proc && (proc.child.exitCode !== null || proc.child.signalCode !== null)) {
         throw new TopologyError(
-          `weftd on ${node.name} exited (${proc.child.exitCode ?? proc.child.signalCode}) before it was ready:\n${proc.output().slice(-4000)}`,
+          `weftd on ${node.name} exited (${proc.child.exitCode ?? proc.child.signalCode}) before it was ready; its last words:\n` +
+            summarizeLog(proc.output(), 3),
         );
       }
+    };
+    const info = await waitFor(`weftd on ${node.name} to write ${node.subnetFile}`, timeoutMs, () => {
+      alive();
       if (!existsSync(node.subnetFile)) return undefined;
       try {
         return parseSubnetFile(readFileSync(node.subnetFile, 'utf8'));
@@ -439,11 +478,11 @@ export class Cluster {
         return undefined; // being written
       }
     });
-    // Ready = lease held, subnet file written, data path up (weftd's own /readyz).
     await waitFor(
       `weftd on ${node.name} to report ready on /readyz`,
       timeoutMs,
       async () => {
+        alive();
         const c = await this.httpGet(node, '/readyz');
         return c.code === 0 ? true : undefined;
       },

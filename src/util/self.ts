@@ -3,7 +3,7 @@
  * namespaces; tests start weftd and weft-cni). Works both from compiled output (dist/) and
  * from sources under tsx.
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -25,3 +25,15 @@ export function programCommand(program: WeftProgram): { cmd: string; args: strin
   if (existsSync(compiled)) return { cmd: process.execPath, args: [compiled] };
   return { cmd: process.execPath, args: ['--import', 'tsx', resolve(projectRoot, `${entry}.ts`)] };
 }
+
+/** weft's version (package.json). */
+export const WEFT_VERSION: string = (() => {
+  try {
+    const pkg = JSON.parse(readFileSync(resolve(projectRoot, 'package.json'), 'utf8')) as {
+      version?: string;
+    };
+    return pkg.version ?? 'unknown';
+  } catch {
+    return 'unknown';
+  }
+})();

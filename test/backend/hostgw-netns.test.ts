@@ -1,6 +1,7 @@
 // host-gw backend in network namespaces: two nodes on one L2 segment, each running the
 // backend in a fixture process. Ping and TCP both ways between pods, the exact route in
-// the kernel, its removal when the peer goes, and a route someone deletes comes back.
+// the kernel, its removal when the peer goes, a route someone deletes comes back, and a
+// peer off the segment is refused without touching the kernel.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { rootSnapshot } from '../../src/netns/netns.ts';
@@ -35,11 +36,21 @@ void test('host-gw: ping + TCP both ways, routes follow the peer set', async () 
     }
     assert.equal(route, '10.5.2.0/24 via 198.18.0.2 dev eth0', 'route reinstalled');
 
+    // A peer off our L2 segment is refused: counted, and no route reaches the kernel.
+    const far = await a.addLease({
+      subnet: '10.5.9.0/24',
+      attrs: { publicIp: '203.0.113.9', backendType: 'host-gw', backendData: null },
+    });
+    const farStats = far['stats'] as Record<string, number>;
+    assert.equal(farStats['peersRefused'], 1);
+    assert.equal(farStats['kernelFailures'], 0);
+    assert.equal((await c.run.exec(a.ns, 'ip', ['route', 'show', '10.5.9.0/24'])).trim(), '');
+
     await a.removePeer(b);
     assert.equal((await c.run.exec(a.ns, 'ip', ['route', 'show', '10.5.2.0/24'])).trim(), '');
     const st = await a.stats();
     assert.equal(st['peers'], 0);
-    assert.equal(st['peersRefused'], 0);
+    assert.equal(st['peersRefused'], 1);
     assert.equal(await c.ping(a, b, 1), 0, 'no path once A removed B');
 
     // Stopping B removes its route to A.

@@ -1,6 +1,6 @@
 // End to end through the real daemon: two nodes in network namespaces, one weftd each on
 // the embedded lease store (src/netns/topology.ts), pods behind cni0, for the vxlan backend
-// (kernel and userspace data planes) and host-gw. Pods ping both ways and move 2 MB each
+// (kernel and userspace data planes, DirectRouting) and host-gw. Pods ping both ways and move 2 MB each
 // way over TCP intact; the subnet file carries the backend's MTU; weftd's kernel state is
 // what flannel would program. Afterwards the root namespace is unchanged.
 import assert from 'node:assert/strict';
@@ -14,6 +14,12 @@ const MB = 1024 * 1024;
 const cases = [
   { name: 'vxlan, kernel data plane', backend: 'vxlan', options: { Dataplane: 'kernel' }, mtu: 1450 },
   { name: 'vxlan, userspace data plane', backend: 'vxlan', options: { Dataplane: 'userspace' }, mtu: 1450 },
+  {
+    name: 'vxlan, kernel data plane, DirectRouting',
+    backend: 'vxlan',
+    options: { Dataplane: 'kernel', DirectRouting: true },
+    mtu: 1450,
+  },
   { name: 'host-gw', backend: 'host-gw', options: {}, mtu: 1500 },
 ] as const;
 
@@ -44,8 +50,12 @@ for (const c of cases) {
       assert.equal(y.receivedSha256, y.sentSha256);
 
       const routes = await run.ip(n1.ns, 'route', 'show', formatCidr(s2.subnet));
-      if (c.backend === 'host-gw') {
+      if (c.backend === 'host-gw' || 'DirectRouting' in c.options) {
+        // Same L2 segment: a plain route via the peer's underlay address, no VXLAN state.
         assert.equal(routes.trim(), `${formatCidr(s2.subnet)} via ${n2.underlayIp} dev eth0`);
+        if (c.backend === 'vxlan') {
+          assert.equal((await run.ip(n1.ns, 'neigh', 'show', 'dev', 'weft.1')).trim(), '');
+        }
       } else if (c.options.Dataplane === 'kernel') {
         const gw = formatIpv4(s2.subnet.addr);
         assert.equal(routes.trim(), `${formatCidr(s2.subnet)} via ${gw} dev weft.1 onlink`);

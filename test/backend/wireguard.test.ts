@@ -20,7 +20,7 @@ import { ConfigError } from '../../src/util/errors.ts';
 
 const FIXTURE = join(projectRoot, 'test/backend/fixtures/wireguard-node.ts');
 
-test('keys: generated once, kept with mode 0600, public key derived like `wg pubkey`', () => {
+void test('keys: generated once, kept with mode 0600, public key derived like `wg pubkey`', () => {
   const dir = mkdtempSync(join(tmpdir(), 'weft-wgkey-'));
   try {
     const path = join(dir, 'sub', 'wireguard.key');
@@ -38,7 +38,7 @@ test('keys: generated once, kept with mode 0600, public key derived like `wg pub
   }
 });
 
-test('options and peer data are validated with clear errors', () => {
+void test('options and peer data are validated with clear errors', () => {
   const o = parseWireguardOptions({ Type: 'wireguard' }, '/var/lib/weft');
   assert.equal(o.listenPort, 51820);
   assert.equal(o.keyFile, '/var/lib/weft/wireguard.key');
@@ -96,7 +96,7 @@ const leaseOf = (n: Node): unknown => ({
   backendData: n.backendData,
 });
 
-test('wireguard-go mesh of three nodes: ping, TCP, no plaintext on the wire, removal, restart', async (t) => {
+void test('wireguard-go mesh of three nodes: ping, TCP, no plaintext on the wire, removal, restart', async (t) => {
   const r = new NetnsRun();
   const tmp = mkdtempSync(join(tmpdir(), 'weft-wg-'));
   t.after(async () => {

@@ -11,14 +11,16 @@ import { projectRoot } from '../../src/util/self.ts';
 
 export const REF_PLUGINS = '/usr/lib/cni';
 
-/** Bundles cni/main.ts into `<dir>/weft-cni.js` with the project's build script. */
+/**
+ * Bundles cni/main.ts into `<dir>/weft-cni.js` (ESM) and `<dir>/weft-cni.cjs` with the
+ * project's build script; returns the CommonJS one (what installCni installs).
+ */
 export function buildBundle(dir = mkdtempSync(join(tmpdir(), 'weft-cni-build-'))): string {
-  const out = join(dir, 'weft-cni.js');
-  const r = spawnSync(process.execPath, [join(projectRoot, 'scripts/build-cni.mjs'), out], {
+  const r = spawnSync(process.execPath, [join(projectRoot, 'scripts/build-cni.mjs'), dir], {
     encoding: 'utf8',
   });
   if (r.status !== 0) throw new Error(`build-cni failed: ${r.stderr}`);
-  return out;
+  return join(dir, 'weft-cni.cjs');
 }
 
 export interface CniCall {

@@ -44,6 +44,12 @@ void test('installs an executable plugin and a weft-cni + portmap conflist, atom
     cniVersion: '1.1.0',
     supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'],
   });
+  // The ESM bundle (dist/weft-cni.js) answers the same when run with node inside the project.
+  const esm = execFileSync(process.execPath, [source.replace(/\.cjs$/, '.js')], {
+    env: { CNI_COMMAND: 'VERSION' },
+    input: '{}',
+  });
+  assert.deepEqual(JSON.parse(esm.toString()), JSON.parse(out.toString()));
   const conflist = JSON.parse(readFileSync(join(confDir, '10-weft.conflist'), 'utf8')) as Record<
     string,
     unknown

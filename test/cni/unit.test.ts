@@ -18,6 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { DEFAULT_DATA_DIR, parseNetConf, renderDelegate } from '../../cni/conf.ts';
+import { execProgram } from '../../cni/delegate.ts';
 import type { ExecResult } from '../../cni/delegate.ts';
 import { CniCode, CniError, errorJson } from '../../cni/errors.ts';
 import { runPlugin } from '../../cni/plugin.ts';
@@ -290,7 +291,7 @@ interface FakeCall {
 
 function fakeWorld(
   t: { after: (fn: () => void) => void },
-  opts: { versions?: string[]; failAdd?: boolean } = {},
+  opts: { versions?: string[]; failAdd?: boolean; failDel?: () => boolean } = {},
 ): {
   dir: string;
   calls: FakeCall[];
@@ -340,6 +341,9 @@ function fakeWorld(
         ],
       };
       return Promise.resolve({ code: 0, stdout: JSON.stringify(result), stderr: '' });
+    }
+    if (command === 'DEL' && opts.failDel?.()) {
+      return Promise.resolve({ code: 1, stdout: JSON.stringify({ code: 11, msg: 'busy' }), stderr: '' });
     }
     return Promise.resolve({ code: 0, stdout: '', stderr: '' });
   };
@@ -521,4 +525,38 @@ void test('install-cni: conflist is weft-cni then portmap', () => {
       { type: 'portmap', capabilities: { portMappings: true } },
     ],
   });
+});
+
+void test('execProgram: stdin in, stdout/stderr/exit code out; a plugin that ignores stdin is fine', async (t) => {
+  const d = tmp(t);
+  const script = (name: string, body: string): string => {
+    const p = join(d, name);
+    writeFileSync(p, `#!/bin/sh\n${body}\n`);
+    chmodSync(p, 0o755);
+    return p;
+  };
+  const echo = await execProgram(
+    script('echo', 'cat; echo "$CNI_COMMAND" >&2; exit 3'),
+    { CNI_COMMAND: 'ADD' },
+    '{"a":1}',
+  );
+  assert.deepEqual(echo, { code: 3, stdout: '{"a":1}', stderr: 'ADD\n' });
+  // 1 MiB of stdin that is never read: the write fails with EPIPE, the exit status still counts.
+  const deaf = await execProgram(script('deaf', 'echo ok'), {}, 'x'.repeat(1 << 20));
+  assert.deepEqual(deaf, { code: 0, stdout: 'ok\n', stderr: '' });
+  await assert.rejects(execProgram(join(d, 'missing'), {}, ''), /ENOENT/);
+});
+
+void test("plugin: when undoing a failed ADD fails too, the saved conf stays for the runtime's DEL", async (t) => {
+  let delFails = true;
+  const w = fakeWorld(t, { failAdd: true, failDel: () => delFails });
+  const add = await w.run('ADD', { cniVersion: '1.0.0' });
+  assert.equal(add.out?.code, 11);
+  assert.deepEqual(readdirSync(join(w.dir, 'data')), ['c1-eth0']);
+  const del = await w.run('DEL', { cniVersion: '1.0.0' });
+  assert.equal(del.code, 1, 'DEL reports the delegate failure and keeps the state');
+  assert.deepEqual(readdirSync(join(w.dir, 'data')), ['c1-eth0']);
+  delFails = false;
+  assert.equal((await w.run('DEL', { cniVersion: '1.0.0' })).code, 0);
+  assert.deepEqual(readdirSync(join(w.dir, 'data')), []);
 });

@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { Backend, BackendContext, BackendStats, PreparedBackend } from '../../src/backend/backend.ts';
-import { startDaemon } from '../../src/daemon/daemon.ts';
+import { cniInstallOptions, startDaemon } from '../../src/daemon/daemon.ts';
+import type { InstallCniOptions } from '../../src/daemon/install-cni.ts';
 import type { Clock, DaemonDeps, DaemonHandle } from '../../src/daemon/daemon.ts';
 import { parseOptions } from '../../src/daemon/options.ts';
 import { readSubnetFile } from '../../src/daemon/subnet-file.ts';
@@ -238,22 +239,19 @@ void test('the subnet file is not written while the lease is still being acquire
 });
 
 void test('peers reach the backend within 1 s (first the existing ones, then changes)', async (t) => {
-  let early: Lease | undefined;
-  const r = await rig(t, {
-    before: async (_dir, _sf) => undefined,
-  });
+  const r = await rig(t);
   await r.daemon.ready;
   const b = r.backend();
   const p1 = await r.peer();
   const t0 = Date.now();
-  early = await p1.acquire(nodeAttrs(2));
-  await until('peer 2 added', () => b.peers().has(cidrToKey(early!.subnet)));
+  const early = await p1.acquire(nodeAttrs(2));
+  await until('peer 2 added', () => b.peers().has(cidrToKey(early.subnet)));
   assert.ok(Date.now() - t0 < 1000);
   const p2 = await r.peer();
   const l3 = await p2.acquire(nodeAttrs(3));
   await until('peer 3 added', () => b.peers().has(cidrToKey(l3.subnet)));
   await p1.release(early);
-  await until('peer 2 removed', () => !b.peers().has(cidrToKey(early!.subnet)));
+  await until('peer 2 removed', () => !b.peers().has(cidrToKey(early.subnet)));
   assert.deepEqual([...b.peers()], [cidrToKey(l3.subnet)]);
   assert.ok(
     b.applied.every((e) => !cidrEquals(e.lease.subnet, b.started!.subnet)),
@@ -441,4 +439,54 @@ void test('a peer watch sees the daemon as a peer with its public IP (EventLog t
     [...log.peers().values()].some((l) => l.attrs.publicIp === '198.18.0.1'),
   );
   assert.ok(parseCidr(r.daemon.status().lease!.subnet));
+});
+
+void test('--install-cni installs only once ready, with settings from --cni-conf-file', async (t) => {
+  const calls: { opts: InstallCniOptions; subnetFile: boolean }[] = [];
+  let subnetFilePath = '';
+  const r = await rig(t, {
+    before: async (dir, subnetFile) => {
+      subnetFilePath = subnetFile;
+      await writeFile(
+        join(dir, 'cni-conf.json'),
+        JSON.stringify({
+          name: 'cbr0',
+          cniVersion: '1.1.0',
+          plugins: [
+            { type: 'weft-cni', delegate: { hairpinMode: true } },
+            { type: 'portmap', capabilities: { portMappings: true } },
+          ],
+        }),
+      );
+    },
+    argv: ['--install-cni', '--cni-bin-dir=/x/bin', '--cni-conf-dir=/x/net.d'],
+    deps: {
+      installCni: (opts) => {
+        calls.push({ opts, subnetFile: existsSync(subnetFilePath) });
+      },
+    },
+  });
+  await r.daemon.ready;
+  assert.equal(calls.length, 1);
+  assert.equal(calls[0]!.subnetFile, true, 'subnet file written before the conflist appears');
+  assert.deepEqual(calls[0]!.opts, { binDir: '/x/bin', confDir: '/x/net.d' });
+
+  const withConf = parseOptions(
+    ['--install-cni', `--cni-conf-file=${join(r.dir, 'cni-conf.json')}`, '--lease-store=embedded'],
+    {},
+  );
+  assert.deepEqual(await cniInstallOptions(withConf), {
+    binDir: '/opt/cni/bin',
+    confDir: '/etc/cni/net.d',
+    networkName: 'cbr0',
+    cniVersion: '1.1.0',
+    pluginConf: { delegate: { hairpinMode: true } },
+    portmap: true,
+  });
+  await writeFile(join(r.dir, 'bad.json'), '{"plugins":[{"type":"bridge"}]}');
+  await assert.rejects(
+    cniInstallOptions({ ...withConf, cniConfFile: join(r.dir, 'bad.json') }),
+    (err: unknown) =>
+      err instanceof ConfigError && err.key === 'cni-conf-file' && /weft-cni/.test(err.message),
+  );
 });

@@ -1,7 +1,8 @@
 // Two real weftd processes (udp backend, embedded store on a shared directory) in two node
 // namespaces joined by a veth: subnet files, weft0 as flannel configures it, a ping between
-// the TUN addresses through the userspace data path, readiness over HTTP, and SIGTERM
-// removing weft0. Nothing touches the root namespace.
+// the TUN addresses through the userspace data path, readiness and /status over HTTP,
+// --ip-masq's nftables table, a restart keeping the subnet, and SIGTERM removing it all.
+// Nothing touches the root namespace.
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -65,7 +66,7 @@ void test('two weftd nodes: subnet files, weft0, ping across, readiness, SIGTERM
   await writeEmbeddedConfig(storeDir, { Network: NETWORK, Backend: { Type: 'udp' } });
 
   const { cmd, args } = programCommand('weftd');
-  const start = (ns: string, name: string): SpawnedProcess =>
+  const start = (ns: string, name: string, extra: string[] = []): SpawnedProcess =>
     run.spawn(ns, cmd, [
       ...args,
       '--lease-store=embedded',
@@ -75,8 +76,10 @@ void test('two weftd nodes: subnet files, weft0, ping across, readiness, SIGTERM
       '--iface=eth0',
       `--healthz-port=${HEALTH_PORT}`,
       '--log-level=info',
+      ...extra,
     ]);
-  const procs = [start(nsA, 'a'), start(nsB, 'b')];
+  // B also masquerades pod traffic leaving the overlay (--ip-masq: one nftables table).
+  const procs = [start(nsA, 'a'), start(nsB, 'b', ['--ip-masq'])];
   const [pa, pb] = procs as [SpawnedProcess, SpawnedProcess];
 
   // Subnet files appear once the leases are held.
@@ -97,8 +100,9 @@ void test('two weftd nodes: subnet files, weft0, ping across, readiness, SIGTERM
     assert.ok(cidrContainsCidr(parseCidr(NETWORK), f.subnet));
     assert.equal(f.subnet.prefix, 24);
     assert.equal(f.mtu, 1472, 'veth MTU 1500 - 28');
-    assert.equal(f.ipMasq, false);
   }
+  assert.equal(fa.ipMasq, false);
+  assert.equal(fb.ipMasq, true);
   assert.notEqual(fa.subnet.addr, fb.subnet.addr, 'different subnets');
 
   // Readiness over HTTP (busybox wget inside each namespace).
@@ -153,7 +157,33 @@ void test('two weftd nodes: subnet files, weft0, ping across, readiness, SIGTERM
   assert.doesNotMatch(await run.ip(nsA, 'route', 'show'), /10\.77\./, 'overlay route removed');
   assert.ok(existsSync(join(dir, 'a', 'subnet.env')), 'subnet file kept for a restart');
 
-  // B notices nothing wrong (A keeps its lease) and stops cleanly too.
+  // A restarted A keeps its subnet (its lease is still live) and traffic flows again.
+  const pa2 = start(nsA, 'a');
+  procs.push(pa2);
+  await until(`/readyz 200 in restarted a`, () => readyz(nsA), 20_000, procs);
+  const fa2 = await readSubnetFile(join(dir, 'a', 'subnet.env'));
+  assert.equal(fa2 && formatCidr(fa2.subnet), formatCidr(fa.subnet), 'same subnet after a restart');
+  const again = await until(
+    `ping ${target} from restarted a`,
+    () => run.exec(nsA, 'ping', ['-c', '2', '-i', '0.2', '-W', '1', target], { timeoutMs: 5000 }),
+    10_000,
+    procs,
+  );
+  assert.match(again, /2 packets transmitted, 2 received/);
+  assert.equal(await pa2.stop('SIGTERM', 10_000), 0, pa2.output().slice(-3000));
+
+  // B stops cleanly too, removing weft0 and its masquerade table.
+  assert.match(await run.exec(nsB, 'nft', ['list', 'tables']), /table ip weft/);
+  assert.doesNotMatch(
+    await run.exec(nsA, 'nft', ['list', 'tables']),
+    /table ip weft/,
+    'A runs without --ip-masq',
+  );
   assert.equal(await pb.stop('SIGTERM', 10_000), 0, pb.output().slice(-3000));
   assert.doesNotMatch(await run.ip(nsB, '-o', 'link', 'show'), /weft0/);
+  assert.doesNotMatch(
+    await run.exec(nsB, 'nft', ['list', 'tables']),
+    /table ip weft/,
+    'masquerade table removed',
+  );
 });

@@ -268,3 +268,28 @@ void test('small batches and one batch per turn: both directions share the loop 
   assert.equal(a.fwd.stats.get(Counter.tunReadBatches), N / 4);
   assert.equal(a.fwd.stats.totalDrops() + b.fwd.stats.totalDrops(), 0);
 });
+
+void test('icmpForIcmpQueries: a ping to an unrouted address gets net unreachable', async (t) => {
+  const { a, b, close } = makePair('udp', { icmpForIcmpQueries: true });
+  t.after(close);
+  const echo = buildIpv4({
+    src: POD_A,
+    dst: ip('10.99.0.1'),
+    protocol: 1,
+    payload: Buffer.from('0800f7ff00000000', 'hex'),
+  });
+  const errorIn = buildIpv4({
+    src: POD_A,
+    dst: ip('10.99.0.1'),
+    protocol: 1,
+    payload: Buffer.from('0300fcff00000000', 'hex'),
+  });
+  a.tun.inject(errorIn);
+  a.tun.inject(echo);
+  a.tun.inject(buildIpv4({ src: POD_A, dst: POD_B }));
+  await waitFor(() => b.tun.written.length === 1 && a.tun.written.length === 1);
+  await settle();
+  assert.equal(a.tun.written.length, 1, 'only the echo request is answered');
+  assert.deepEqual((a.tun.written[0] as Buffer).subarray(28), echo);
+  assert.equal(a.fwd.stats.dropped(DropReason.noRoute), 2);
+});

@@ -36,7 +36,10 @@ export function portFor(kind: Kind): number {
   return kind === 'udp' ? 8285 : 8472;
 }
 
-export type Tuning = Pick<ForwarderOptions, 'tunBatchSize' | 'recvMessages' | 'maxBatchesPerTurn'>;
+export type Tuning = Pick<
+  ForwarderOptions,
+  'tunBatchSize' | 'recvMessages' | 'maxBatchesPerTurn' | 'icmpForIcmpQueries'
+>;
 
 export function makeNode(
   net: MemoryNetwork,

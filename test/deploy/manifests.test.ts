@@ -42,7 +42,7 @@ const find = (kind: string): Obj => {
   return o;
 };
 
-test('every manifest validates against its Kubernetes schema', () => {
+void test('every manifest validates against its Kubernetes schema', () => {
   assert.ok(objects.length >= 6);
   for (const o of objects) {
     const Model = models[`${o.apiVersion}/${o.kind}`];
@@ -51,13 +51,15 @@ test('every manifest validates against its Kubernetes schema', () => {
   }
 });
 
-test('the schema check catches a broken manifest', () => {
-  const ds = structuredClone(find('DaemonSet')) as { spec: { template: { spec: { hostNetwork: unknown } } } };
+void test('the schema check catches a broken manifest', () => {
+  const ds = structuredClone(find('DaemonSet')) as unknown as {
+    spec: { template: { spec: { hostNetwork: unknown } } };
+  };
   ds.spec.template.spec.hostNetwork = 'yes';
   assert.throws(() => new DaemonSet(ds as never).validate(), /hostNetwork/);
 });
 
-test('RBAC grants exactly what weftd uses: nodes get/list/watch and nodes/status patch', () => {
+void test('RBAC grants exactly what weftd uses: nodes get/list/watch and nodes/status patch', () => {
   const role = find('ClusterRole') as unknown as { rules: { resources: string[]; verbs: string[] }[] };
   const grants = new Set(
     role.rules.flatMap((r) => r.resources.flatMap((res) => r.verbs.map((v) => `${res}:${v}`))),
@@ -72,7 +74,7 @@ test('RBAC grants exactly what weftd uses: nodes get/list/watch and nodes/status
   assert.equal(binding.subjects[0]?.name, ds.spec.template.spec.serviceAccountName);
 });
 
-test('the DaemonSet runs weftd on the host network with what the data path needs', () => {
+void test('the DaemonSet runs weftd on the host network with what the data path needs', () => {
   const ds = find('DaemonSet') as unknown as {
     spec: {
       template: {
@@ -104,7 +106,7 @@ test('the DaemonSet runs weftd on the host network with what the data path needs
     );
 });
 
-test('the ConfigMap carries a valid net-conf.json and a weft-cni + portmap conflist', () => {
+void test('the ConfigMap carries a valid net-conf.json and a weft-cni + portmap conflist', () => {
   const cm = find('ConfigMap') as unknown as { data: Record<string, string> };
   const net = JSON.parse(cm.data['net-conf.json'] ?? '') as { Network: string; Backend: { Type: string } };
   assert.match(net.Network, /^\d+\.\d+\.\d+\.\d+\/\d+$/);

@@ -59,3 +59,28 @@ void test('silent for ICMP input, non-first fragments, non-unicast source/destin
   const ok = buildIpv4({ src: POD, dst: FAR });
   assert.equal(buildIcmpUnreachable(ok, 0, ok.length, out, 190, TUN), 0, 'no room in the slot');
 });
+
+void test('allowIcmpQueries: echo requests get a reply, ICMP errors never do', () => {
+  const out = Buffer.alloc(200);
+  const echo = buildIpv4({
+    src: POD,
+    dst: FAR,
+    protocol: 1,
+    payload: Buffer.from('0800f7ff00000000', 'hex'),
+  });
+  assert.equal(buildIcmpUnreachable(echo, 0, echo.length, out, 0, TUN), 0, 'off by default');
+  const n = buildIcmpUnreachable(echo, 0, echo.length, out, 0, TUN, true);
+  assert.equal(n, 20 + 8 + 28);
+  assert.deepEqual(out.subarray(28, n), echo);
+  for (const type of [3, 4, 5, 11, 12]) {
+    const err = buildIpv4({
+      src: POD,
+      dst: FAR,
+      protocol: 1,
+      payload: Buffer.from([type, 0, 0, 0, 0, 0, 0, 0]),
+    });
+    assert.equal(buildIcmpUnreachable(err, 0, err.length, out, 0, TUN, true), 0, `ICMP type ${type}`);
+  }
+  const empty = buildIpv4({ src: POD, dst: FAR, protocol: 1, payload: Buffer.alloc(0) });
+  assert.equal(buildIcmpUnreachable(empty, 0, empty.length, out, 0, TUN, true), 0, 'no ICMP header to read');
+});

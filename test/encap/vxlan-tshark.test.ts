@@ -40,7 +40,7 @@ function pcap(frames: Buffer[]): Buffer {
   global.writeUInt16LE(4, 6);
   global.writeUInt32LE(65535, 16);
   global.writeUInt32LE(1, 20); // LINKTYPE_ETHERNET
-  const parts = [global];
+  const parts: Buffer[] = [global];
   frames.forEach((f, i) => {
     const rec = Buffer.alloc(16);
     rec.writeUInt32LE(1_700_000_000 + i, 0);

@@ -14,7 +14,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 const network = parseCidr('10.244.0.0/16');
 const subnet = parseCidr('10.244.3.0/24');
 
-test('renders the flannel masquerade policy as one nftables table', () => {
+void test('renders the flannel masquerade policy as one nftables table', () => {
   const t = renderMasqTable(network, subnet);
   assert.match(t, /^table ip weft \{/);
   assert.match(t, /meta mark & 0x4000 == 0x4000 return/);
@@ -39,7 +39,7 @@ async function waitFor(fn: () => boolean, ms = 5000): Promise<void> {
   }
 }
 
-test('masquerades pod traffic leaving the Network, and only that (netns)', async (t) => {
+void test('masquerades pod traffic leaving the Network, and only that (netns)', async (t) => {
   const r = new NetnsRun();
   t.after(() => r.destroy());
   const node = await r.addNamespace('node');

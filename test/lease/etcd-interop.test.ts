@@ -368,6 +368,99 @@ void describe('reservations, malformed values, compaction', () => {
   });
 });
 
+void describe('expiry and outages', () => {
+  void test('own lease expiring -> onOwnLeaseLost; peers see it removed; renew fails', async (t) => {
+    const cluster = await getEtcd();
+    const prefix = await freshPrefix(cluster, NET);
+    const store = new EtcdLeaseStore({ endpoints: cluster.endpoints, prefix, leaseTtlSeconds: 2 });
+    const peer = new EtcdLeaseStore({ endpoints: cluster.endpoints, prefix });
+    t.after(() => Promise.all([store.close(), peer.close()]));
+    const mine = await store.acquire({ publicIp: '198.18.10.1', backendType: 'udp', backendData: null });
+    assert.ok(
+      mine.expiresAt - Date.now() <= 2000 && mine.expiresAt > Date.now(),
+      'expiry from the granted TTL',
+    );
+    const lp = await peer.acquire({ publicIp: '198.18.10.2', backendType: 'udp', backendData: null });
+    const own = new EventLog();
+    const seen = new EventLog();
+    const ac = new AbortController();
+    const watches = [
+      store.watch(mine.subnet, {
+        signal: ac.signal,
+        onEvents: own.onEvents,
+        onOwnLeaseLost: own.onOwnLeaseLost,
+      }),
+      peer.watch(lp.subnet, { signal: ac.signal, onEvents: seen.onEvents }),
+    ];
+    t.after(async () => {
+      ac.abort();
+      await Promise.all(watches);
+    });
+    await seen.waitFor('our lease seen by the peer', () => seen.peers().has(cidrToKey(mine.subnet)), 2000);
+    const firstLease = seen.peers().get(cidrToKey(mine.subnet))!;
+    assert.ok(firstLease.expiresAt <= mine.expiresAt + 1000, 'peer reads our expiry from the etcd lease');
+    // No renewal: etcd expires the key within the TTL (+ its 0.5 s expiry sweep).
+    await own.waitFor('onOwnLeaseLost after expiry', () => own.lost.length === 1, 5000);
+    assert.ok(cidrEquals(own.lost[0]!, mine.subnet));
+    await seen.waitFor('peer sees our lease removed', () => !seen.peers().has(cidrToKey(mine.subnet)), 2000);
+    await assert.rejects(
+      store.renew(mine),
+      (err: unknown) => err instanceof LeaseError && /gone/.test(err.message),
+    );
+  });
+
+  void test('etcd unreachable for a while: calls fail naming the endpoint, the watch keeps state and resumes', async (t) => {
+    const cluster = await getEtcd();
+    const prefix = await freshPrefix(cluster, NET);
+    const proxy = await startTcpProxy(cluster.endpoints[0]!);
+    t.after(() => proxy.close());
+    const { logger, lines } = captureLogger();
+    const store = new EtcdLeaseStore({ endpoints: [proxy.url], prefix, logger, requestTimeoutMs: 1500 });
+    const other = new EtcdLeaseStore({ endpoints: cluster.endpoints, prefix });
+    t.after(() => Promise.all([store.close(), other.close()]));
+    const a = (n: number): LeaseAttrs => ({
+      publicIp: `198.18.11.${n}`,
+      backendType: 'udp',
+      backendData: null,
+    });
+    const mine = await store.acquire(a(1));
+    const lb = await other.acquire(a(2));
+    const log = new EventLog();
+    const ac = new AbortController();
+    const watching = store.watch(mine.subnet, {
+      signal: ac.signal,
+      onEvents: log.onEvents,
+      onOwnLeaseLost: log.onOwnLeaseLost,
+    });
+    t.after(async () => {
+      ac.abort();
+      await watching;
+    });
+    await log.waitFor('peer B', () => log.peers().has(cidrToKey(lb.subnet)), 2000);
+
+    proxy.block();
+    await assert.rejects(store.renew(mine), (err: unknown) => {
+      assert.ok(err instanceof LeaseError, String(err));
+      assert.ok(err.message.includes(proxy.url), err.message);
+      return true;
+    });
+    const lc = await new EtcdLeaseStore({ endpoints: cluster.endpoints, prefix }).acquire(a(3));
+    await new Promise((r) => setTimeout(r, 500));
+    assert.ok(log.peers().has(cidrToKey(lb.subnet)), 'last known peers kept while cut off');
+    assert.ok(!log.peers().has(cidrToKey(lc.subnet)));
+
+    proxy.unblock();
+    await log.waitFor('the change made during the outage', () => log.peers().has(cidrToKey(lc.subnet)), 6000);
+    assert.ok(
+      !lines.some((l) => l.includes('relisting leases')),
+      'resumed from its revision, no relist needed',
+    );
+    const renewed = await store.renew(mine);
+    assert.ok(renewed.expiresAt > mine.expiresAt);
+    assert.deepEqual(log.lost, [], 'our lease was never lost');
+  });
+});
+
 void describe('unreachable etcd and options', () => {
   void test('acquire and renew fail with a LeaseError naming the endpoints tried', async (t) => {
     const p1 = await freePort();
@@ -418,6 +511,7 @@ void describe('unreachable etcd and options', () => {
     bad({ endpoints: ['http://a:1'], username: 'root' }, 'etcd-password');
     bad({ endpoints: ['http://a:1'], password: 'pw' }, 'etcd-username');
     bad({ endpoints: ['http://a:1'], leaseTtlSeconds: 1 }, 'lease-ttl');
+    bad({ endpoints: ['http://a:1'], leaseTtlSeconds: 2.5 }, 'lease-ttl');
 
     const dir = mkdtempSync(join(tmpdir(), 'weft-etcd-opts-'));
     try {

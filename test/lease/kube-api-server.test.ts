@@ -341,3 +341,37 @@ void test('kubectl 1.20: get -w sees nodes appear and change', async (t) => {
   const watchReq = server.requests.find((r) => r.query.watch === 'true' || r.query.watch === '1');
   assert.ok(watchReq, 'kubectl opened a watch');
 });
+
+void test('paging: kubectl and client-node follow continue tokens over one consistent snapshot', async (t) => {
+  const { server, kubeconfig, home } = await fixture(t);
+  for (let i = 0; i < 1100; i++) server.addNode({ name: `n${String(i).padStart(4, '0')}` });
+  const got = await kubectl(kubeconfig, home, ['get', 'nodes', '-o', 'name']);
+  assert.equal(got.code, 0, got.stderr);
+  assert.equal(got.stdout.trim().split('\n').length, 1100);
+  const pages = server.requests.filter((r) => r.path === '/api/v1/nodes');
+  assert.deepEqual(
+    pages.map((r) => [r.query.limit, r.query.continue !== undefined]),
+    [
+      ['500', false],
+      ['500', true],
+      ['500', true],
+    ],
+  );
+
+  const { api } = client(kubeconfig);
+  const first = await api.listNode({ limit: 600 });
+  assert.equal(first.items.length, 600);
+  assert.equal(first.metadata?.remainingItemCount, 500);
+  server.addNode({ name: 'zzz-late' });
+  const second = await api.listNode({ limit: 600, _continue: first.metadata?._continue });
+  assert.equal(second.items.length, 500, 'a node added between pages is not in this list');
+  assert.equal(second.metadata?.resourceVersion, first.metadata?.resourceVersion);
+  assert.equal(second.metadata?._continue, undefined);
+  const again = await api.listNode({ limit: 600, _continue: first.metadata?._continue });
+  assert.equal(again.items.length, 500, 'a continue token can be reused until compaction');
+  server.compact();
+  await assert.rejects(
+    api.listNode({ limit: 600, _continue: first.metadata?._continue }),
+    (err: unknown) => err instanceof k8s.ApiException && err.code === 410,
+  );
+});

@@ -118,12 +118,15 @@ class Watching {
 void test('acquire writes exactly flannel annotations and the NetworkUnavailable condition via strategic merge on status', async (t) => {
   const e = await env(t);
   e.server.addNode({ name: 'a', podCIDR: '10.244.3.0/24' });
+  // Two transient failures of the status patch are retried inside acquire.
+  e.server.failNext(2, 503, (r) => r.method === 'PATCH');
   const lease = await e.store('a').acquire(VXLAN_ATTRS);
   assert.equal(formatCidr(lease.subnet), '10.244.3.0/24');
   assert.equal(lease.expiresAt, Infinity);
+  assert.equal(e.server.requests.filter((r) => r.method === 'PATCH').length, 3);
   assert.deepEqual(lease.attrs, VXLAN_ATTRS);
 
-  const patch = e.server.requests.find((r) => r.method === 'PATCH');
+  const patch = e.server.requests.findLast((r) => r.method === 'PATCH');
   assert.equal(patch?.path, '/api/v1/nodes/a/status');
   assert.equal(patch?.contentType, 'application/strategic-merge-patch+json');
 
@@ -226,7 +229,7 @@ void test('a podCIDR outside Network is a LeaseError naming node, podCIDR and Ne
 
 void test('acquire waits for the Node and its podCIDR, and stops when aborted', async (t) => {
   const e = await env(t);
-  const store = e.store('late', { backoffInitialMs: 20 });
+  const store = e.store('late', { backoffInitialMs: 20, backoffMaxMs: 100 });
   const pending = store.acquire(VXLAN_ATTRS);
   await new Promise((r) => setTimeout(r, 150));
   e.server.addNode({ name: 'late' });
@@ -585,4 +588,34 @@ void test('a missing net-conf file is a ConfigError naming the file', async (t) 
     assert.match(err.message, /absent\.json/);
     return true;
   });
+});
+
+void test('scale: 1200 managed nodes are listed in pages and delivered as one first batch', async (t) => {
+  const e = await env(t);
+  e.server.addNode({ name: 'me', podCIDR: '10.244.0.0/24' });
+  for (let i = 1; i <= 1200; i++) {
+    const third = i % 256;
+    const second = 244 + Math.floor(i / 256);
+    e.server.addNode({
+      name: `n${String(i).padStart(4, '0')}`,
+      podCIDR: `10.${second}.${third}.0/24`,
+      annotations: peerAnnotations(`198.18.${Math.floor(i / 256)}.${i % 256}`),
+    });
+  }
+  const netConfPath = join(e.dir, 'big.json');
+  writeFileSync(netConfPath, JSON.stringify({ Network: '10.240.0.0/12', Backend: { Type: 'vxlan' } }));
+  const store = e.store('me', { netConfPath });
+  const own = await store.acquire(VXLAN_ATTRS);
+  const t0 = Date.now();
+  const w = new Watching().start(store, formatCidr(own.subnet), t);
+  await w.until('first batch', () => w.batches.length === 1, 10_000);
+  const ms = Date.now() - t0;
+  assert.equal(w.batches[0]?.length, 1200);
+  const lists = e.server.requests.filter((r) => r.path === '/api/v1/nodes' && r.query.watch === undefined);
+  assert.equal(lists.length, 3, 'three pages of 500');
+  assert.ok(lists[1]?.query.continue && lists[2]?.query.continue, 'pages 2 and 3 follow the continue token');
+  t.diagnostic(`1200 nodes listed and delivered in ${ms} ms`);
+  await waitFor('watch open', () => (e.server.openWatches === 1 ? true : undefined));
+  e.server.removeNode('n0007');
+  await w.until('one removal', () => w.peers().size === 1199);
 });

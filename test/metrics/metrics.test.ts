@@ -40,7 +40,7 @@ function status(over: Partial<DaemonStatus> = {}): DaemonStatus {
     backendStats: {},
     error: undefined,
     ...over,
-  } as DaemonStatus;
+  };
 }
 
 function fwd(sent: number): ForwarderSnapshot {
@@ -74,10 +74,10 @@ function fwd(sent: number): ForwarderSnapshot {
         rxBytes: 500,
       },
     ],
-  } as unknown as ForwarderSnapshot;
+  };
 }
 
-test('daemon, lease, data path and per-peer series with Prometheus names', async () => {
+void test('daemon, lease, data path and per-peer series with Prometheus names', async () => {
   let sent = 10;
   const reg = createMetrics({
     status: () => status(),
@@ -117,7 +117,7 @@ test('daemon, lease, data path and per-peer series with Prometheus names', async
   has('weft_peer_packets_total{peer_subnet="10.244.2.0/24",peer_ip="198.18.0.2",direction="tx"} 25');
 });
 
-test('kernel data paths: no forwarder series, routes from peers', async () => {
+void test('kernel data paths: no forwarder series, routes from peers', async () => {
   const reg = createMetrics({
     status: () =>
       status({ ready: false, checks: { leaseHeld: false, subnetFileWritten: false, dataPathUp: false } }),

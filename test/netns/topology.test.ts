@@ -6,7 +6,13 @@ import assert from 'node:assert/strict';
 import { readdirSync } from 'node:fs';
 import { existsSync } from 'node:fs';
 import { NetnsRun, rootSnapshot } from '../../src/netns/netns.ts';
-import { BASELINE_VXLAN, Cluster, parsePing, parseSubnetFile } from '../../src/netns/topology.ts';
+import {
+  BASELINE_VXLAN,
+  Cluster,
+  parsePing,
+  parseSubnetFile,
+  summarizeLog,
+} from '../../src/netns/topology.ts';
 import { formatCidr, formatIpv4 } from '../../src/routing/ipv4.ts';
 
 function leftovers(prefix: string): string[] {
@@ -41,6 +47,16 @@ void test('parsePing reads replies and ICMP errors', () => {
   assert.equal(r.received, 2);
   assert.deepEqual(r.errorSources, ['10.244.1.0']);
   assert.match(r.errors[0] ?? '', /Destination Net Unreachable/);
+});
+
+void test('summarizeLog turns pino lines into level: msg: error', () => {
+  const out = [
+    'plain line',
+    '{"level":30,"msg":"starting"}',
+    '{"level":60,"msg":"weftd failed","err":{"message":"Backend.Type: bad"}}',
+  ].join('\n');
+  assert.equal(summarizeLog(out, 2), 'info: starting\nfatal: weftd failed: Backend.Type: bad');
+  assert.equal(summarizeLog(out, 5).split('\n')[0], 'plain line');
 });
 
 for (const variant of ['direct routing', 'kernel VXLAN'] as const) {

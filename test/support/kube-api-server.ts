@@ -7,7 +7,8 @@
  * tests with two independent clients, @kubernetes/client-node and kubectl 1.20):
  *
  * - discovery (/api, /api/v1, /apis, /version), Table output for `kubectl get`;
- * - GET/LIST/CREATE/UPDATE/DELETE nodes, PATCH nodes/<n> and nodes/<n>/status with
+ * - GET/LIST (label/field selectors, limit/continue paging over one snapshot)/CREATE/
+ *   UPDATE/DELETE nodes, PATCH nodes/<n> and nodes/<n>/status with
  *   strategic-merge (maps merged, lists with a merge key such as status.conditions merged
  *   by `type`, `$patch` directives, null deletes), JSON merge patch and JSON patch; the main
  *   resource ignores status changes and the status subresource ignores spec changes;
@@ -21,7 +22,8 @@
  *
  * Test levers: addNode/modifyNode/removeNode, compact() (forces 410 for old versions),
  * silenceWatches() (open watches stay connected but receive nothing, like a dead TCP path),
- * endWatches() (server-side close), sendBookmarks(), and a request log.
+ * endWatches() (server-side close), expireWatches() (410 on open watches), sendBookmarks(),
+ * failNext() (injected 5xx/429), goneAsHttpStatus (410 as an HTTP status), a request log.
  */
 import { createServer as createHttpServer } from 'node:http';
 import type { IncomingMessage, Server, ServerResponse } from 'node:http';
@@ -314,6 +316,10 @@ export class KubeApiServer {
   /** Watches from a resourceVersion below this get 410 Gone. */
   private compactedRv = 0;
   private readonly watchers = new Set<Watcher>();
+  private readonly pages = new Map<
+    string,
+    { snapshot: { rv: number; items: NodeObject[] }; offset: number }
+  >();
   private readonly failures: { left: number; code: number; match: (r: RequestRecord) => boolean }[] = [];
   private server!: Server;
   private port = 0;
@@ -421,6 +427,7 @@ export class KubeApiServer {
   /** Drops all history: watches from any resourceVersion older than now get 410 Gone. */
   compact(): void {
     this.history = [];
+    this.pages.clear();
     this.compactedRv = this.rv;
   }
 
@@ -726,21 +733,52 @@ export class KubeApiServer {
   }
 
   private list(req: IncomingMessage, res: ServerResponse, query: Record<string, string>): void {
-    const filter = this.selector(query);
-    const items = [...this.nodes.values()].filter(filter).map(clone);
+    // Paging (limit/continue) serves every page from the snapshot taken for the first one,
+    // as the real server does (a consistent list at one resourceVersion); a token stays
+    // usable until compaction, then answers 410 Expired.
+    let snapshot: { rv: number; items: NodeObject[] };
+    let offset = 0;
+    if (query.continue) {
+      const page = this.pages.get(query.continue);
+      if (!page) {
+        throw new HttpError(
+          410,
+          'Expired',
+          'The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.',
+        );
+      }
+      snapshot = page.snapshot;
+      offset = page.offset;
+    } else {
+      const filter = this.selector(query);
+      const items = [...this.nodes.values()]
+        .filter(filter)
+        .sort((a, b) => (a.metadata.name < b.metadata.name ? -1 : 1))
+        .map(clone);
+      snapshot = { rv: this.rv, items };
+    }
+    const limit = Number(query.limit ?? '0');
+    const end = limit > 0 ? Math.min(offset + limit, snapshot.items.length) : snapshot.items.length;
+    const items = snapshot.items.slice(offset, end);
+    const metadata: JsonObject = { resourceVersion: String(snapshot.rv) };
+    if (end < snapshot.items.length) {
+      const token = Buffer.from(randomUUID()).toString('base64url');
+      this.pages.set(token, { snapshot, offset: end });
+      metadata.continue = token;
+      metadata.remainingItemCount = snapshot.items.length - end;
+    }
     const accept = req.headers.accept ?? '';
-    if (accept.includes('as=Table')) return this.send(res, 200, this.table(items));
+    if (accept.includes('as=Table')) {
+      const table = this.table(items);
+      table.metadata = metadata;
+      return this.send(res, 200, table);
+    }
     // Items of a typed list carry no kind/apiVersion (as the real server encodes them).
     const bare = items.map((n) => {
       const { kind: _k, apiVersion: _a, ...rest } = n;
       return rest;
     });
-    this.send(res, 200, {
-      kind: 'NodeList',
-      apiVersion: 'v1',
-      metadata: { resourceVersion: String(this.rv) },
-      items: bare,
-    });
+    this.send(res, 200, { kind: 'NodeList', apiVersion: 'v1', metadata, items: bare });
   }
 
   private table(items: NodeObject[]): JsonObject {

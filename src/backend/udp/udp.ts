@@ -11,7 +11,7 @@
  *
  * flannel publishes no BackendData for udp: our lease carries null.
  */
-import type { Backend, BackendContext, BackendStats, PreparedBackend } from '../backend.ts';
+import type { Backend, BackendContext, BackendStats, DataplaneInfo, PreparedBackend } from '../backend.ts';
 import type { ConnOptions, PacketConn } from '../../conn/conn.ts';
 import { Forwarder } from '../../dataplane/forwarder.ts';
 import type { Peer } from '../../dataplane/peer.ts';
@@ -197,6 +197,23 @@ export class UdpBackend implements Backend {
   /** The forwarder (tests, status). */
   get forwarder(): Forwarder | undefined {
     return this.fwd;
+  }
+
+  dataplaneInfo(): DataplaneInfo {
+    const t = this.tun?.offloads;
+    const c = this.conn?.offloads;
+    return {
+      dataplane: 'userspace',
+      forwarder: this.fwd?.snapshot(),
+      offloads: {
+        tunVnetHdr: t?.vnetHdr ?? false,
+        tunTso: t?.tso ?? false,
+        tunUso: t?.uso ?? false,
+        tunGro: t?.gro ?? false,
+        udpGso: c?.gso ?? false,
+        udpGro: c?.gro ?? false,
+      },
+    };
   }
 
   stats(): BackendStats {

@@ -3,6 +3,7 @@
  * own forwarder over a TUN device (userspace). Both speak the same wire format and take the
  * same per-peer plans, so the backend above them does not care which one runs.
  */
+import type { DataplaneInfo } from '../backend.ts';
 import type { Lease } from '../../lease/types.ts';
 import type { VxlanPeerPlan } from './plan.ts';
 
@@ -20,5 +21,7 @@ export interface VxlanDataplane {
   /** Asks for a device/peer check now (kernel plane; also done periodically). */
   check?(): void;
   stats(): Record<string, number | Record<string, number>>;
+  /** Forwarder counters and offloads (userspace plane only). */
+  dataplaneInfo?(): DataplaneInfo;
   stop(): Promise<void>;
 }

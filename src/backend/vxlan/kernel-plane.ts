@@ -170,15 +170,15 @@ export class KernelVxlanPlane implements VxlanDataplane {
       });
     }
     const addr = { addr: lease.subnet.addr, prefix: 32 };
+    let haveAddr = false;
     if (!created) {
+      // Keep exactly one address: our subnet's network address /32.
       for (const a of await kernel.listAddrs(name)) {
-        if (a.addr !== addr.addr || a.prefix !== 32) ops.push({ op: 'addr-del', dev: name, addr: a });
+        if (a.addr === addr.addr && a.prefix === 32) haveAddr = true;
+        else ops.push({ op: 'addr-del', dev: name, addr: a });
       }
     }
-    const addrs = created ? [] : await kernel.listAddrs(name);
-    if (created || !addrs.some((a) => a.addr === addr.addr && a.prefix === 32)) {
-      ops.push({ op: 'addr-replace', dev: name, addr });
-    }
+    if (!haveAddr) ops.push({ op: 'addr-replace', dev: name, addr });
     if (created || !existing?.up || existing.mtu !== this.o.mtu)
       ops.push({ op: 'link-up', name, mtu: this.o.mtu });
     if (ops.length > 0) await kernel.apply(ops);

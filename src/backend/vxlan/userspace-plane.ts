@@ -10,6 +10,7 @@
  * underlay instead, as in the kernel plane. The forwarder validates every received frame
  * (VNI, destination MAC, EtherType, truncation) and counts drops by reason.
  */
+import type { DataplaneInfo } from '../backend.ts';
 import { openConn } from '../../conn/native-conn.ts';
 import type { PacketConn } from '../../conn/conn.ts';
 import { Forwarder } from '../../dataplane/forwarder.ts';
@@ -57,7 +58,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
 
   async start(lease: Lease, _signal: AbortSignal): Promise<void> {
     this.lease = lease;
-    const { kernel, plan, ctx, options, mtu } = this.p;
+    const { kernel, ctx, options, mtu } = this.p;
     const name = this.device;
     const existing = await kernel.getLink(name);
     if (existing && existing.kind !== 'tun') {
@@ -94,7 +95,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       throw err;
     }
     this.log.info(
-      { device: name, vni: options.vni, port: options.port, mtu, offloads: tun.offloads, plan: plan.dev },
+      { device: name, vni: options.vni, port: options.port, mtu, offloads: tun.offloads },
       'userspace VXLAN data plane running',
     );
   }
@@ -138,6 +139,23 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
   /** The forwarder (tests, status). */
   get forwarder(): Forwarder | undefined {
     return this.fwd;
+  }
+
+  dataplaneInfo(): DataplaneInfo {
+    const t = this.tun?.offloads;
+    const c = this.conn?.offloads;
+    return {
+      dataplane: 'userspace',
+      forwarder: this.fwd?.snapshot(),
+      offloads: {
+        tunVnetHdr: t?.vnetHdr ?? false,
+        tunTso: t?.tso ?? false,
+        tunUso: t?.uso ?? false,
+        tunGro: t?.gro ?? false,
+        udpGso: c?.gso ?? false,
+        udpGro: c?.gro ?? false,
+      },
+    };
   }
 
   stats(): Record<string, number | Record<string, number>> {

@@ -8,7 +8,7 @@
  * Either way the lease carries flannel's BackendData {"VNI":n,"VtepMAC":"..."} with a VTEP
  * MAC kept across restarts in the state dir, and pods get MTU underlay - 50.
  */
-import type { Backend, BackendContext, BackendStats, PreparedBackend } from '../backend.ts';
+import type { Backend, BackendContext, BackendStats, DataplaneInfo, PreparedBackend } from '../backend.ts';
 import type { KernelNet } from '../../kernel/kernel.ts';
 import { IpRouteKernel } from '../../kernel/iproute.ts';
 import type { Lease, LeaseEvent } from '../../lease/types.ts';
@@ -185,6 +185,10 @@ export class VxlanBackend implements Backend {
   /** The running data plane (tests, status). */
   get activePlane(): VxlanDataplane | undefined {
     return this.plane;
+  }
+
+  dataplaneInfo(): DataplaneInfo {
+    return this.plane?.dataplaneInfo?.() ?? { dataplane: this.dataplane ?? 'kernel', offloads: {} };
   }
 
   stats(): BackendStats {

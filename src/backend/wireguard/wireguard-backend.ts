@@ -146,10 +146,19 @@ export class WireguardBackend implements Backend {
     deviceRecreated: 0,
   };
 
-  constructor(ctx: BackendContext, kernel: KernelNet = new IpRouteKernel()) {
+  /**
+   * `deviceName` (weftd --tun-name, when not the udp default "weft0") names the interface
+   * unless Backend.Iface does: several nodes on one host (the demo, tests) need distinct
+   * names because wireguard-go's control sockets share /var/run/wireguard.
+   */
+  constructor(ctx: BackendContext, deviceName?: string, kernel: KernelNet = new IpRouteKernel()) {
     this.ctx = ctx;
     this.kernel = kernel;
-    this.opts = parseWireguardOptions(ctx.network.backend, ctx.stateDir);
+    const opts = parseWireguardOptions(ctx.network.backend, ctx.stateDir);
+    this.opts =
+      ctx.network.backend.Iface === undefined && deviceName !== undefined && deviceName !== 'weft0'
+        ? { ...opts, iface: deviceName }
+        : opts;
   }
 
   prepare(): Promise<PreparedBackend> {

@@ -129,8 +129,9 @@ export function resolveEtcdOptions(opts: EtcdStoreOptions): ResolvedEtcdOptions 
   }
 
   const ttl = opts.leaseTtlSeconds ?? DEFAULT_LEASE_TTL_SECONDS;
-  if (!Number.isInteger(ttl) || ttl < 5) {
-    throw new ConfigError('lease-ttl', `must be an integer number of seconds >= 5, got ${ttl}`);
+  // etcd raises shorter TTLs to its own minimum (1.5 election timeouts, 2 s by default).
+  if (!Number.isInteger(ttl) || ttl < 2) {
+    throw new ConfigError('lease-ttl', `must be an integer number of seconds >= 2, got ${ttl}`);
   }
   const timeout = opts.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS;
   if (!Number.isFinite(timeout) || timeout < 100) {

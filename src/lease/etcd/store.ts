@@ -126,6 +126,13 @@ interface Entry {
   readonly attrs: LeaseAttrs | undefined;
 }
 
+/** A lease key's decoding, valid while its ModRevision is unchanged. */
+interface Decoded {
+  readonly modRevision: string;
+  readonly subnet: Ipv4Cidr | undefined;
+  readonly attrs: LeaseAttrs | undefined;
+}
+
 export class EtcdLeaseStore implements LeaseStore {
   readonly name = 'etcd';
   readonly options: ResolvedEtcdOptions;
@@ -137,6 +144,8 @@ export class EtcdLeaseStore implements LeaseStore {
   /** Subnets this store acquired or renewed (cidrToKey) -> the PublicIP we hold them with. */
   private readonly held = new Map<string, string>();
   private readonly closing = new AbortController();
+  /** Lease key -> its decoding as of the last full listing. */
+  private decoded = new Map<string, Decoded>();
 
   constructor(options: EtcdStoreOptions) {
     this.options = resolveEtcdOptions(options);
@@ -197,21 +206,30 @@ export class EtcdLeaseStore implements LeaseStore {
       signal,
     );
     const entries: Entry[] = [];
+    const decoded = new Map<string, Decoded>();
     for (const kv of res.kvs) {
       const key = kv.key.toString();
-      const subnet = parseSubnetKey(this.options.prefix, key);
-      if (!subnet) {
-        this.log.warn({ key }, 'ignoring a key under the subnets prefix that is not a lease key');
-        continue;
+      // Unchanged keys (same ModRevision) reuse the last decoding: relists stay cheap, and
+      // a bad key is logged once, not on every relist.
+      let d = this.decoded.get(key);
+      if (d === undefined || d.modRevision !== kv.mod_revision) {
+        const subnet = parseSubnetKey(this.options.prefix, key);
+        let attrs: LeaseAttrs | undefined;
+        if (!subnet) {
+          this.log.warn({ key }, 'ignoring a key under the subnets prefix that is not a lease key');
+        } else {
+          try {
+            attrs = decodeLeaseValue(key, kv.value.toString());
+          } catch (err) {
+            this.log.warn({ key, err: errText(err) }, 'skipping malformed lease value');
+          }
+        }
+        d = { modRevision: kv.mod_revision, subnet, attrs };
       }
-      let attrs: LeaseAttrs | undefined;
-      try {
-        attrs = decodeLeaseValue(key, kv.value.toString());
-      } catch (err) {
-        this.log.warn({ key, err: errText(err) }, 'skipping malformed lease value');
-      }
-      entries.push({ key, subnet, kv, attrs });
+      decoded.set(key, d);
+      if (d.subnet) entries.push({ key, subnet: d.subnet, kv, attrs: d.attrs });
     }
+    this.decoded = decoded;
     return { entries, revision: res.header.revision };
   }
 

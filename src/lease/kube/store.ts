@@ -46,6 +46,8 @@ const STRATEGIC = setHeaderOptions('Content-Type', PatchStrategy.StrategicMergeP
 /** Longest pause between polls while waiting for our Node or its podCIDR. */
 const WAIT_POLL_MAX_MS = 5_000;
 const LIST_PAGE = 500;
+/** Tries of the status patch on transient errors (no answer, 429, 5xx) before acquire fails. */
+const PUBLISH_ATTEMPTS = 4;
 
 /** HTTP status of a failed client-node call, when there was an answer. */
 export function httpStatus(err: unknown): number | undefined {
@@ -331,17 +333,30 @@ export class KubeLeaseStore implements LeaseStore {
     }
   }
 
+  /** Writes our annotations and condition; transient failures are retried a few times. */
   private async publish(node: NodeLike, attrs: LeaseAttrs, signal?: AbortSignal): Promise<void> {
     const body = acquirePatch(node, this.keys, attrs, new Date());
-    try {
-      await this.call(
-        'publish our lease',
-        () => this.api.patchNodeStatus({ name: this.nodeName, body }, STRATEGIC),
-        signal,
-      );
-    } catch (err) {
-      if (signal?.aborted) throw err;
-      throw this.leaseError(`patch nodes/${this.nodeName}/status`, err);
+    let delay = this.opts.backoffInitialMs;
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.call(
+          'publish our lease',
+          () => this.api.patchNodeStatus({ name: this.nodeName, body }, STRATEGIC),
+          signal,
+        );
+        return;
+      } catch (err) {
+        if (signal?.aborted) throw err;
+        if (attempt >= PUBLISH_ATTEMPTS || !transient(err)) {
+          throw this.leaseError(`patch nodes/${this.nodeName}/status`, err);
+        }
+        this.log.warn(
+          { err: describe(err), attempt, retryInMs: delay },
+          'publishing our lease failed; retrying',
+        );
+        await sleep(delay, signal);
+        delay = Math.min(delay * 2, this.opts.backoffMaxMs);
+      }
     }
   }
 

@@ -115,7 +115,11 @@ export async function runNodeWatch(
     if (r.own.kind === 'gone' && ownPresent) {
       ownPresent = false;
       log.warn({ subnet: formatCidr(ownSubnet) }, 'our own lease disappeared from our Node');
-      opts.onOwnLeaseLost?.(ownSubnet);
+      try {
+        opts.onOwnLeaseLost?.(ownSubnet);
+      } catch (err) {
+        log.error({ err }, 'onOwnLeaseLost handler threw; continuing');
+      }
     } else if (r.own.kind === 'present') {
       ownPresent = true;
     }
