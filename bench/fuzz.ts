@@ -100,6 +100,8 @@ type Expect =
   | { readonly t: 'drop'; readonly reason: DropReason; readonly icmp?: boolean }
   /** Larger than the TUN MTU: the device never hands it to the forwarder. */
   | { readonly t: 'oversize' }
+  /** A NAT keepalive from a known peer: counted as keepaliveReceived, neither delivered nor a drop. */
+  | { readonly t: 'keepalive' }
   /** Garbage: any outcome, counted exactly once. */
   | { readonly t: 'any' };
 
@@ -172,6 +174,12 @@ class Rig {
   icmpBad: string | undefined;
   deliveredExpect: Buffer[] = [];
   deliveredCursor = 0;
+  /**
+   * Whether this Forwarder recognises NAT keepalives (the keepaliveReceived counter in its
+   * snapshot); if so, the keepalive datagram from a known peer is its own outcome.
+   */
+  readonly keepalives: boolean;
+  readonly keepaliveBytes: Buffer;
 
   constructor(kind: Kind) {
     this.kind = kind;
@@ -206,6 +214,22 @@ class Rig {
     this.fwd.setPeers(peers);
     this.sinks = PEERS.map((p) => this.net.bind(p.publicIp, p.port || this.port));
     this.fwd.start();
+    this.keepalives = 'keepaliveReceived' in this.fwd.snapshot().counters;
+    // As the forwarder documents them: udp "\0WKA", vxlan a bare VXLAN header with our VNI.
+    this.keepaliveBytes =
+      kind === 'udp' ? Buffer.from('00574b41', 'hex') : Buffer.from([0x08, 0, 0, 0, 0, 0, VNI, 0]);
+  }
+
+  /** Keepalives received so far (0 when the forwarder has no such counter). */
+  keepalivesReceived(): number {
+    return this.keepalives ? (this.fwd.snapshot().counters.keepaliveReceived ?? 0) : 0;
+  }
+
+  /** True when a datagram from `from` passes the forwarder's known-peer check. */
+  fromKnownPeer(from: { addr: number; port: number }): boolean {
+    return PEERS.some(
+      (p) => p.publicIp === from.addr && (this.kind === 'vxlan' || (p.port || this.port) === from.port),
+    );
   }
 
   private onWrite(p: Buffer): void {
@@ -610,6 +634,15 @@ function connCase(rng: Rng, rig: Rig): Case {
     };
   }
   if (r < 89) {
+    // The NAT keepalive datagram (see fixKeepalive for what must happen to it).
+    return {
+      label: 'keepalive',
+      bytes: Buffer.from(rig.keepaliveBytes),
+      from,
+      expect: { t: 'drop', reason: kind === 'udp' ? DropReason.notIpv4 : DropReason.truncated },
+    };
+  }
+  if (r < 90) {
     // Oversized: a datagram far beyond the TUN MTU (up to the largest UDP payload).
     const p = validPacket(rng, { src: goodSrc(), dst: addrIn(rng, LOCAL), ttl: 64, maxLen: 65507 - 22 });
     return { label: 'oversized datagram', bytes: wrap(p), from, expect: { t: 'any' } };
@@ -625,6 +658,16 @@ function connCase(rng: Rng, rig: Rig): Case {
   return { label: 'garbage', bytes, from, expect: { t: 'any' } };
 }
 
+/**
+ * A datagram that is exactly the keepalive, from a known peer, is a keepalive when the
+ * forwarder knows them (whatever generator made it); otherwise it stays what it looks like.
+ */
+function fixKeepalive(rig: Rig, c: Case): Case {
+  if (!rig.keepalives || c.from === undefined || !rig.fromKnownPeer(c.from)) return c;
+  if (!c.bytes.equals(rig.keepaliveBytes)) return c;
+  return { ...c, expect: { t: 'keepalive' } };
+}
+
 // --- running a burst and checking the books ---
 
 function snapshotCounters(rig: Rig): { c: Float64Array; d: Float64Array } {
@@ -638,6 +681,7 @@ interface Tally {
   delivered: number;
   icmp: number;
   oversize: number;
+  keepalive: number;
 }
 
 function tally(cases: readonly Case[]): Tally {
@@ -648,6 +692,7 @@ function tally(cases: readonly Case[]): Tally {
     delivered: 0,
     icmp: 0,
     oversize: 0,
+    keepalive: 0,
   };
   for (const c of cases) {
     const e = c.expect;
@@ -657,6 +702,7 @@ function tally(cases: readonly Case[]): Tally {
     } else if (e.t === 'any') t.any++;
     else if (e.t === 'sent') t.sent++;
     else if (e.t === 'delivered') t.delivered++;
+    else if (e.t === 'keepalive') t.keepalive++;
     else t.oversize++;
   }
   return t;
@@ -679,6 +725,7 @@ function tunBurst(rig: Rig, cases: readonly Case[], totals: Float64Array): strin
   const problems: string[] = [];
   const before = snapshotCounters(rig);
   const oversize0 = rig.tun.oversize;
+  const ka0 = rig.keepalivesReceived();
   rig.phase = 'tun';
   rig.writes = 0;
   rig.icmpBad = undefined;
@@ -712,7 +759,9 @@ function tunBurst(rig: Rig, cases: readonly Case[], totals: Float64Array): strin
   if (extra + (sent - t.sent) !== t.any) {
     problems.push(`outcomes beyond the known ones: ${extra + sent - t.sent}, but ${t.any} garbage inputs`);
   }
-  if (dc(Counter.recvPackets) !== 0) problems.push('socket counters moved during a TUN burst');
+  if (dc(Counter.recvPackets) !== 0 || rig.keepalivesReceived() !== ka0) {
+    problems.push('socket counters moved during a TUN burst');
+  }
   if (icmp !== rig.writes || dc(Counter.tunWritePackets) !== icmp) {
     problems.push(`ICMP counter ${icmp}, TUN writes ${rig.writes}/${dc(Counter.tunWritePackets)}`);
   }
@@ -750,6 +799,7 @@ function tunBurst(rig: Rig, cases: readonly Case[], totals: Float64Array): strin
 function connBurst(rig: Rig, cases: readonly Case[], totals: Float64Array): string[] {
   const problems: string[] = [];
   const before = snapshotCounters(rig);
+  const ka0 = rig.keepalivesReceived();
   rig.phase = 'conn';
   rig.writes = 0;
   rig.deliveredExpect = cases
@@ -777,9 +827,12 @@ function connBurst(rig: Rig, cases: readonly Case[], totals: Float64Array): stri
   const recv = dc(Counter.recvPackets);
   const delivered = dc(Counter.tunWritePackets);
   const dropped = dd.reduce((a, b) => a + b, 0);
+  const ka = rig.keepalivesReceived() - ka0;
   if (recv !== cases.length) problems.push(`received ${recv} datagrams of ${cases.length} injected`);
-  if (recv !== delivered + dropped)
-    problems.push(`received ${recv} != delivered ${delivered} + dropped ${dropped}`);
+  if (recv !== delivered + dropped + ka) {
+    problems.push(`received ${recv} != delivered ${delivered} + dropped ${dropped} + keepalives ${ka}`);
+  }
+  if (ka < t.keepalive) problems.push(`keepalives counted ${ka}, at least ${t.keepalive} expected`);
   if (delivered !== rig.writes) problems.push(`TUN write counter ${delivered}, device saw ${rig.writes}`);
   if (dc(Counter.icmpUnreachableSent) !== 0 || dc(Counter.sendPackets) !== 0) {
     problems.push('ICMP or send counters moved during a socket burst');
@@ -787,11 +840,9 @@ function connBurst(rig: Rig, cases: readonly Case[], totals: Float64Array): stri
   const extra = checkDrops(dd, t, problems);
   if (delivered < t.delivered)
     problems.push(`delivered ${delivered}, at least ${t.delivered} valid packets expected`);
-  if (extra + (delivered - t.delivered) !== t.any) {
-    problems.push(
-      `outcomes beyond the known ones: ${extra + delivered - t.delivered}, but ${t.any} garbage inputs`,
-    );
-  }
+  const beyond = extra + (delivered - t.delivered) + (ka - t.keepalive);
+  if (beyond !== t.any)
+    problems.push(`outcomes beyond the known ones: ${beyond}, but ${t.any} garbage inputs`);
   if (rig.deliveredCursor !== rig.deliveredExpect.length) {
     const missing = rig.deliveredExpect[rig.deliveredCursor] as Buffer;
     problems.push(
@@ -837,7 +888,14 @@ async function fuzz(
   total: number,
   seed: number,
   fault: boolean,
-): Promise<{ totals: Float64Array; cases: number; ms: number; valid: number; failure?: Failure }> {
+): Promise<{
+  totals: Float64Array;
+  cases: number;
+  ms: number;
+  valid: number;
+  keepalives: number;
+  failure?: Failure;
+}> {
   const rng = new Rng(seed);
   const rig = new Rig(kind);
   const totals = new Float64Array(DROP_REASON_COUNT);
@@ -851,7 +909,9 @@ async function fuzz(
         const k = Math.min(rng.range(1, 160), total - done);
         if (k <= 0) break;
         const cases: Case[] = [];
-        for (let i = 0; i < k; i++) cases.push(side === 'tun' ? tunCase(rng, rig) : connCase(rng, rig));
+        for (let i = 0; i < k; i++) {
+          cases.push(side === 'tun' ? tunCase(rng, rig) : fixKeepalive(rig, connCase(rng, rig)));
+        }
         if (fault && round === 0) {
           // Self-test of the failure path: expect one byte of the first valid packet wrong.
           const v = cases.find((c) => c.expect.t === 'sent' || c.expect.t === 'delivered');
@@ -869,6 +929,7 @@ async function fuzz(
             totals,
             cases: done,
             valid,
+            keepalives: rig.keepalivesReceived(),
             ms: performance.now() - t0,
             failure: { kind, side, round, problems, culprit: iso?.c, culpritProblems: iso?.problems, cases },
           };
@@ -881,7 +942,7 @@ async function fuzz(
   } finally {
     rig.close();
   }
-  return { totals, cases: done, valid, ms: performance.now() - t0 };
+  return { totals, cases: done, valid, keepalives: rig.keepalivesReceived(), ms: performance.now() - t0 };
 }
 
 async function main(): Promise<number> {
@@ -920,7 +981,7 @@ async function main(): Promise<number> {
   let failed = false;
   const perKind: Record<
     string,
-    { cases: number; valid: number; casesPerSec: number; drops: Record<string, number> }
+    { cases: number; valid: number; keepalives: number; casesPerSec: number; drops: Record<string, number> }
   > = {};
   for (let i = 0; i < kinds.length; i++) {
     const kind = kinds[i] as Kind;
@@ -932,10 +993,17 @@ async function main(): Promise<number> {
     for (let k = 0; k < DROP_REASON_COUNT; k++) (grand[k] as number) += r.totals[k] as number;
     const drops: Record<string, number> = {};
     for (let k = 1; k < DROP_REASON_COUNT; k++) drops[DROP_REASON_NAMES[k] as string] = r.totals[k] as number;
-    perKind[kind] = { cases: r.cases, valid: r.valid, casesPerSec: r.cases / (r.ms / 1000), drops };
+    perKind[kind] = {
+      cases: r.cases,
+      valid: r.valid,
+      keepalives: r.keepalives,
+      casesPerSec: r.cases / (r.ms / 1000),
+      drops,
+    };
     console.log(
       `${kind}: ${r.cases} cases (${r.valid} valid interleaved) in ${(r.ms / 1000).toFixed(1)} s: ` +
-        `${Math.round(r.cases / (r.ms / 1000))} cases/s`,
+        `${Math.round(r.cases / (r.ms / 1000))} cases/s` +
+        (r.keepalives > 0 ? `; ${r.keepalives} NAT keepalives counted as such` : ''),
     );
     if (r.failure !== undefined) {
       failed = true;

@@ -5,7 +5,8 @@
  * VXLAN. Each row builds the same 2-node topology (src/netns/topology.ts) from scratch,
  * wires it one way, and runs iperf3 (TCP, 1 stream) `runs` times; the table shows the
  * median with the min-max spread and the ratio to kernel VXLAN, and the raw figures go to
- * bench/results/<timestamp>.json. Adding a backend is one entry in ROWS.
+ * bench/results/<timestamp>.json. Adding a backend is one entry in ROWS (usually the id of
+ * a path `weft compare` already knows).
  *
  *   npm run bench [-- --runs 3 --seconds 5 --only udp]
  */
@@ -15,6 +16,7 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { NetnsRun, cleanupStale } from '../src/netns/netns.ts';
 import { Cluster } from '../src/netns/topology.ts';
+import { PATHS } from '../src/compare/paths.ts';
 import { projectRoot } from '../src/util/self.ts';
 
 interface BenchRow {
@@ -23,11 +25,24 @@ interface BenchRow {
   setup(cluster: Cluster): Promise<void>;
 }
 
-/** The rows, in print order. REFERENCE names the row the ratios are taken against. */
+/** A row for one of the paths `weft compare` knows (src/compare/paths.ts), by id. */
+function pathRow(id: string): BenchRow {
+  const p = PATHS.find((x) => x.id === id);
+  if (!p)
+    throw new Error(
+      `bench: no path "${id}" in src/compare/paths.ts (have ${PATHS.map((x) => x.id).join(', ')})`,
+    );
+  return { name: p.name, setup: (c) => p.setup(c) };
+}
+
+/**
+ * The rows, in print order: paths from src/compare/paths.ts by id (add a backend with one
+ * id here), plus what only the benchmark measures. REFERENCE names the row the ratios use.
+ */
 const ROWS: readonly BenchRow[] = [
-  { name: 'direct routing (no encap)', setup: (c) => c.setupDirectRouting() },
-  { name: 'kernel VXLAN', setup: (c) => c.setupKernelVxlan() },
-  { name: 'weft udp', setup: async (c) => void (await c.startWeftdAll({ backend: 'udp' })) },
+  pathRow('direct'),
+  pathRow('kernel-vxlan'),
+  pathRow('udp'),
   {
     name: 'weft udp --no-offloads',
     setup: async (c) => void (await c.startWeftdAll({ backend: 'udp', noOffloads: true })),

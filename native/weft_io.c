@@ -88,12 +88,13 @@ enum {
   TC_ERRORS,
   TC_DROPPED, /* unusable reads (oversize, IPv6 super-packets, malformed GSO) */
   TC_PENDING, /* super-packets that did not fit the batch and were kept for the next read */
+  TC_CSUM_PARTIAL_IN, /* packets written with NEEDS_CSUM because their sender left the checksum partial */
   TC_COUNT
 };
 static const char *const tun_counter_names[TC_COUNT] = {
     "reads",          "packetsIn",        "superPackets",       "segments",     "csumCompleted",
     "writes",         "packetsOut",       "coalescedWrites",    "coalescedSegments", "eagain",
-    "errors",         "dropped",          "pendingSuperPackets"};
+    "errors",         "dropped",          "pendingSuperPackets", "partialCsumWrites"};
 
 enum {
   UC_RECV_CALLS,
@@ -1091,6 +1092,43 @@ static int parse_in_batch(napi_env env, napi_value *argv, in_batch *b) {
 }
 
 /* tunWrite(handle, arena, offset, length, count) -> packets accepted */
+/*
+ * A packet whose TCP/UDP checksum field holds only the pseudo-header sum (a sender's
+ * CHECKSUM_PARTIAL that no device completed: Linux's vxlan driver over a veth underlay
+ * sends exactly that) would be dropped by our kernel as corrupt. Such a packet is written
+ * with NEEDS_CSUM instead, which is what the sender's kernel meant. Cheap: the full
+ * checksum is verified only when the field equals the pseudo-header sum (1 in 65536 of
+ * complete packets), and a packet whose checksum verifies is left alone.
+ * Returns 1 and fills `vh` when the packet needs NEEDS_CSUM.
+ */
+static int partial_csum_hdr(const uint8_t *p, int len, uint8_t *vh) {
+  if (len < 20 || (p[0] >> 4) != 4) return 0;
+  int ihl = (p[0] & 15) * 4;
+  int tot = rd16(p + 2);
+  if (ihl < 20 || tot > len || tot < ihl + 8) return 0;
+  if (rd16(p + 6) & 0x3fff) return 0; /* a fragment: the L4 header is not all here */
+  uint8_t proto = p[9];
+  int off;
+  if (proto == 6) {
+    if (tot < ihl + 20) return 0;
+    off = 16;
+  } else if (proto == 17) {
+    off = 6;
+    if (rd16(p + ihl + 6) == 0) return 0; /* UDP without checksum */
+  } else {
+    return 0;
+  }
+  uint32_t l4len = (uint32_t)(tot - ihl);
+  uint16_t field = rd16(p + ihl + off);
+  if (field != csum_fold(pseudo4(p, proto, l4len))) return 0;
+  if (csum_fold(csum_add(pseudo4(p, proto, l4len), p + ihl, l4len)) == 0xffff) return 0; /* complete and valid */
+  memset(vh, 0, VNET_HDR_LEN);
+  vh[0] = VNET_F_NEEDS_CSUM;
+  wle16(vh + 6, (uint16_t)ihl);
+  wle16(vh + 8, (uint16_t)off);
+  return 1;
+}
+
 static napi_value js_tun_write(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
@@ -1152,7 +1190,8 @@ static napi_value js_tun_write(napi_env env, napi_callback_info info) {
       ssize_t r;
       do {
         if (h->vnet) {
-          memset(vh, 0, sizeof vh);
+          if (partial_csum_hdr(p, len, vh)) h->counters[TC_CSUM_PARTIAL_IN]++;
+          else memset(vh, 0, sizeof vh);
           struct iovec iov[2] = {{vh, VNET_HDR_LEN}, {p, (size_t)len}};
           r = writev(h->fd, iov, 2);
         } else {

@@ -46,6 +46,7 @@ if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
   cp package-lock.json "$stamp"
 fi
 
-# Native addon and compiled TypeScript (both incremental).
+# Native addon, compiled TypeScript, and the bundled CNI plugin.
 node scripts/build-native.mjs
 npx --no-install tsc -p tsconfig.build.json
+node scripts/build-cni.mjs

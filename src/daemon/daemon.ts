@@ -20,6 +20,7 @@
  * we already applied, so the backend only ever sees real changes.
  */
 import { readFile } from 'node:fs/promises';
+import { isIPv4 } from 'node:net';
 import type { Backend, BackendContext, DataplaneInfo, PreparedBackend } from '../backend/backend.ts';
 import { createBackend as registryCreateBackend } from '../backend/registry.ts';
 import { reconcileSnapshot } from '../lease/reconcile.ts';
@@ -64,7 +65,7 @@ export interface DaemonDeps {
   /** Builds the backend for Backend.Type (default: src/backend/registry.ts). */
   readonly createBackend?: (type: string, ctx: BackendContext) => Backend | Promise<Backend>;
   /** Finds the underlay (default: `ip -json` in this namespace). */
-  readonly pickUnderlay?: (iface: readonly string[]) => Promise<Underlay>;
+  readonly pickUnderlay?: (iface: readonly string[], ifaceRegex?: readonly string[]) => Promise<Underlay>;
   /** Masquerade rules for --ip-masq (default: src/ipmasq nftables table). */
   readonly ipMasq?: (network: Ipv4Cidr, subnet: Ipv4Cidr, log: Logger) => IpMasqControl;
   /** Installs the CNI plugin + conflist for --install-cni (default: src/daemon/install-cni.ts). */
@@ -74,6 +75,37 @@ export interface DaemonDeps {
   readonly retryMs?: number;
   /** Delay between retries of a failed renew (default 60 s, as flannel). */
   readonly renewRetryMs?: number;
+}
+
+/**
+ * What the kube store reads from our Node (node-public-ip, public-ip-overwrite); other
+ * stores have no such advice. Only IPv4 values are used; a failed read is logged and ignored.
+ */
+async function nodeAddressHints(
+  store: LeaseStore,
+  signal: AbortSignal,
+  log: Logger,
+): Promise<{ nodePublicIp?: string; publicIpOverwrite?: string }> {
+  const s = store as LeaseStore & {
+    nodeAddressHints?: (
+      signal?: AbortSignal,
+    ) => Promise<{ publicIpOverwrite?: string; nodePublicIp?: string }>;
+  };
+  if (typeof s.nodeAddressHints !== 'function') return {};
+  try {
+    const h = await s.nodeAddressHints(signal);
+    const ok = (v: string | undefined): v is string => v !== undefined && isIPv4(v);
+    if (h.nodePublicIp !== undefined || h.publicIpOverwrite !== undefined)
+      log.info(h, 'address advice from our Node');
+    return {
+      ...(ok(h.nodePublicIp) ? { nodePublicIp: h.nodePublicIp } : {}),
+      ...(ok(h.publicIpOverwrite) ? { publicIpOverwrite: h.publicIpOverwrite } : {}),
+    };
+  } catch (err) {
+    if (signal.aborted) throw err;
+    log.warn({ err }, 'could not read address advice from our Node; using the flags');
+    return {};
+  }
 }
 
 export const DaemonState = {
@@ -357,9 +389,25 @@ class Daemon implements DaemonHandle {
     const store = this.store;
     this.config = await abortable(store.getNetworkConfig(this.signal), this.signal);
     const config = this.config;
-    this.underlay = await (this.deps.pickUnderlay ?? pickUnderlay)(opts.iface);
+    // kube: the Node's node-public-ip annotation picks the underlay by address when no
+    // --iface/--iface-regex is given, and a valid public-ip-overwrite becomes the advertised
+    // address (the store applies the overwrite to the published lease itself as well).
+    const hints = await nodeAddressHints(store, this.signal, this.log);
+    const ifaces =
+      opts.iface.length === 0 && opts.ifaceRegex.length === 0 && hints.nodePublicIp !== undefined
+        ? [hints.nodePublicIp]
+        : opts.iface;
+    const pick =
+      this.deps.pickUnderlay ??
+      ((i: readonly string[], r?: readonly string[]) => pickUnderlay(i, undefined, r));
+    this.underlay = await pick(ifaces, opts.ifaceRegex);
     const underlay = this.underlay;
-    const publicIp = opts.publicIp ? parseIpv4(opts.publicIp, 'public-ip') : underlay.addr;
+    const publicIp =
+      hints.publicIpOverwrite !== undefined
+        ? parseIpv4(hints.publicIpOverwrite, 'public-ip-overwrite')
+        : opts.publicIp
+          ? parseIpv4(opts.publicIp, 'public-ip')
+          : underlay.addr;
     this.log.info(
       {
         store: store.name,

@@ -7,14 +7,20 @@
  * SubnetLen default is 24 only when Network is /22 or larger, so the default always leaves
  * room for the 4 subnets a network must hold.
  *
- * Backend options: Type defaults to "udp"; udp's Port is checked and defaulted here. Other
- * backends check their own options (src/backend/<type>) and get them as given.
+ * Backend options: Type defaults to "udp"; udp's Port is checked and defaulted here. Two
+ * options every backend shares are checked here too: `MTU` (0/absent = underlay MTU minus
+ * the backend's overhead; else 576..65535, and backendMtu() checks it against the underlay
+ * once that is known) and `PersistentKeepaliveInterval` (seconds, 0 = off; NAT keepalives).
+ * Other options are checked by each backend (src/backend/<type>) and passed as given.
  */
 import type { BackendConfig, NetworkConfig } from '../lease/types.ts';
 import { cidrContains, formatCidr, formatIpv4, parseCidr, parseIpv4, prefixMask } from '../routing/ipv4.ts';
 import { ConfigError } from '../util/errors.ts';
 
 export const DEFAULT_BACKEND_TYPE = 'udp';
+/** The smallest MTU IPv4 hosts must accept (RFC 791); below it pods break in odd ways. */
+export const MIN_MTU = 576;
+export const MAX_MTU = 65535;
 export const UDP_DEFAULT_PORT = 8285;
 
 /** Parses net-conf JSON text (`source` names the file or key in messages). */
@@ -150,5 +156,69 @@ function validateBackend(raw: unknown): BackendConfig {
     }
     opts.Port = port;
   }
+  const mtu = optionalInt(opts, 'MTU', 'Backend.MTU');
+  if (mtu !== undefined && mtu !== 0 && (mtu < MIN_MTU || mtu > MAX_MTU)) {
+    throw new ConfigError(
+      'Backend.MTU',
+      `${mtu} is out of range; use ${MIN_MTU}..${MAX_MTU}, or leave it out for underlay MTU minus the backend's overhead`,
+    );
+  }
+  const ka = optionalInt(opts, 'PersistentKeepaliveInterval', 'Backend.PersistentKeepaliveInterval');
+  if (ka !== undefined && (ka < 0 || ka > 65535)) {
+    throw new ConfigError(
+      'Backend.PersistentKeepaliveInterval',
+      `${ka} is out of range; use seconds 1..65535 (25 is usual behind NAT), or 0 to turn keepalives off`,
+    );
+  }
   return Object.freeze({ ...opts, type });
+}
+
+/**
+ * The device MTU for a backend: Backend.MTU when given, else underlay MTU - `overhead`.
+ * Either way it must fit the underlay after encapsulation (MTU + overhead <= underlay MTU)
+ * and be at least 576; otherwise a ConfigError says what to change.
+ */
+export function backendMtu(
+  backend: BackendConfig,
+  underlay: { readonly iface: string; readonly mtu: number },
+  overhead: number,
+): number {
+  const raw = backend.MTU;
+  const max = underlay.mtu - overhead;
+  const type = backend.type;
+  if (raw === undefined || raw === null || raw === 0) {
+    if (max < MIN_MTU) {
+      throw new ConfigError(
+        'Backend.MTU',
+        `underlay ${underlay.iface} has MTU ${underlay.mtu}, which leaves ${max} for the ${type} backend (overhead ${overhead}); pods need at least ${MIN_MTU}: raise the underlay MTU`,
+      );
+    }
+    return max;
+  }
+  if (typeof raw !== 'number' || !Number.isInteger(raw) || raw < MIN_MTU) {
+    throw new ConfigError(
+      'Backend.MTU',
+      `must be an integer of at least ${MIN_MTU}, got ${JSON.stringify(raw)}`,
+    );
+  }
+  if (raw > max) {
+    throw new ConfigError(
+      'Backend.MTU',
+      `${raw} does not fit underlay ${underlay.iface} (MTU ${underlay.mtu}) with the ${type} backend's ${overhead}-byte overhead; use at most ${max}`,
+    );
+  }
+  return raw;
+}
+
+/** Backend.PersistentKeepaliveInterval in seconds (0 = off), as validated by validateNetConfig. */
+export function keepaliveSeconds(backend: BackendConfig): number {
+  const v = backend.PersistentKeepaliveInterval;
+  if (v === undefined || v === null) return 0;
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 65535) {
+    throw new ConfigError(
+      'Backend.PersistentKeepaliveInterval',
+      `must be whole seconds 0..65535 (0 = off), got ${JSON.stringify(v)}`,
+    );
+  }
+  return v;
 }

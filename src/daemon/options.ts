@@ -17,6 +17,11 @@ const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'
 export interface DaemonOptions {
   /** Underlay interfaces by name or address (first that exists wins); empty = default route's. */
   readonly iface: readonly string[];
+  /**
+   * Underlay interfaces by regular expression on the name (tried in order, after `iface`);
+   * the first interface whose name matches and has an IPv4 address wins.
+   */
+  readonly ifaceRegex: readonly string[];
   /** Address to advertise to peers; default the underlay interface's address. */
   readonly publicIp: string | undefined;
   readonly subnetFile: string;
@@ -73,6 +78,11 @@ export const FLAGS: readonly FlagSpec[] = [
     name: 'iface',
     kind: 'list',
     help: 'underlay interface name or address (repeatable); default: the default route',
+  },
+  {
+    name: 'iface-regex',
+    kind: 'list',
+    help: 'regular expression on interface names (repeatable, tried in order after --iface)',
   },
   { name: 'public-ip', kind: 'string', help: 'IPv4 address to advertise to peers (e.g. behind NAT)' },
   {
@@ -247,6 +257,22 @@ export function parseOptions(
 
   const help = bool('help');
 
+  // Each --iface-regex is one expression (commas may be part of a regex: no splitting).
+  const ifaceRegex = (values.get('iface-regex') ?? []).map((v) => v.trim()).filter((v) => v !== '');
+  for (const re of ifaceRegex) {
+    try {
+      new RegExp(re);
+    } catch (err) {
+      throw new ConfigError(
+        'iface-regex',
+        `"${re}" is not a valid regular expression (${(err as Error).message})`,
+        {
+          cause: err,
+        },
+      );
+    }
+  }
+
   const publicIp = str('public-ip');
   if (publicIp !== undefined && !isIPv4(publicIp)) {
     throw new ConfigError('public-ip', `"${publicIp}" is not an IPv4 address`);
@@ -298,6 +324,7 @@ export function parseOptions(
 
   return {
     iface: list('iface'),
+    ifaceRegex,
     publicIp,
     subnetFile,
     netConfigPath: str('net-config-path'),

@@ -1,8 +1,9 @@
 /**
  * The underlay: the interface (and its IPv4 address and MTU) that carries overlay traffic
  * between nodes. Chosen like flannel: the first of `--iface` (a name or an address) that
- * exists, else the interface of the default route. Read with `ip -json` in the daemon's
- * own network namespace.
+ * exists, then the first `--iface-regex` (tried in order) matching the name of an
+ * interface that has an IPv4 address, else the interface of the default route. Read with
+ * `ip -json` in the daemon's own network namespace.
  */
 import { isIPv4 } from 'node:net';
 import { formatIpv4, parseIpv4 } from '../routing/ipv4.ts';
@@ -58,8 +59,16 @@ function describe(links: readonly IpLink[]): string {
   return links.map((l) => `${l.ifname}(${v4Addresses(l).join(',') || 'no IPv4'})`).join(' ');
 }
 
-/** Picks the underlay from `--iface` values, or the default route's interface. */
-export async function pickUnderlay(iface: readonly string[], ip: IpRunner = defaultIp): Promise<Underlay> {
+/**
+ * Picks the underlay from `--iface` values, then `--iface-regex` expressions (each tried in
+ * order against interface names, in the kernel's interface order), or the default route's
+ * interface when neither is given.
+ */
+export async function pickUnderlay(
+  iface: readonly string[],
+  ip: IpRunner = defaultIp,
+  ifaceRegex: readonly string[] = [],
+): Promise<Underlay> {
   const links = parseJson<IpLink[]>(await ip(['-json', 'addr', 'show']), 'ip -json addr show');
   const pick = (link: IpLink, addrText?: string): Underlay => {
     const text = addrText ?? v4Addresses(link)[0];
@@ -73,7 +82,7 @@ export async function pickUnderlay(iface: readonly string[], ip: IpRunner = defa
     return { iface: link.ifname, addr: parseIpv4(text, 'iface'), mtu: link.mtu };
   };
 
-  if (iface.length > 0) {
+  if (iface.length > 0 || ifaceRegex.length > 0) {
     for (const want of iface) {
       if (isIPv4(want)) {
         const link = links.find((l) => v4Addresses(l).includes(want));
@@ -83,9 +92,25 @@ export async function pickUnderlay(iface: readonly string[], ip: IpRunner = defa
         if (link) return pick(link);
       }
     }
+    for (const text of ifaceRegex) {
+      let re: RegExp;
+      try {
+        re = new RegExp(text);
+      } catch (err) {
+        throw new ConfigError('iface-regex', `"${text}" is not a valid regular expression`, { cause: err });
+      }
+      const link = links.find((l) => re.test(l.ifname) && v4Addresses(l).length > 0);
+      if (link) return pick(link);
+    }
+    if (ifaceRegex.length === 0) {
+      throw new ConfigError(
+        'iface',
+        `none of ${iface.join(', ')} is an interface name or IPv4 address here; interfaces: ${describe(links)}`,
+      );
+    }
     throw new ConfigError(
-      'iface',
-      `none of ${iface.join(', ')} is an interface name or IPv4 address here; interfaces: ${describe(links)}`,
+      'iface-regex',
+      `none of ${[...iface, ...ifaceRegex.map((r) => `/${r}/`)].join(', ')} matches an interface with an IPv4 address here; interfaces: ${describe(links)}`,
     );
   }
 

@@ -16,9 +16,22 @@
  * loop; if a turn ends on a full batch it also schedules one continuation.
  *
  * The forwarder does not own the devices: stop() stops reading, the caller closes them.
+ *
+ * NAT keepalives (keepaliveIntervalMs > 0): every interval one small datagram goes to each
+ * peer's advertised endpoint so NAT and firewall mappings in front of either node stay open.
+ * It can never be taken for a packet of the wire format:
+ *   - udp:   4 bytes 00 57 4b 41 ("\0WKA"): shorter than any IPv4 header, version nibble 0;
+ *   - vxlan: 8 bytes, a bare VXLAN header (flags 0x08, our VNI) with no inner frame, which
+ *            the Linux vxlan driver and our decap drop as too short.
+ * A keepalive from a known peer is counted (keepaliveReceived) and dropped silently: never
+ * written to the TUN, never counted as malformed or truncated. From an unknown sender it is
+ * an unknownPeer drop like any other datagram. Traffic always goes to the peer's advertised
+ * address (its lease): the source of a received datagram, keepalive or not, is never learned
+ * as a new endpoint, because nothing in udp/vxlan authenticates it.
  */
 import { DropReason } from '../encap/drop-reason.ts';
 import type { Encap } from '../encap/encap.ts';
+import { VXLAN_FLAG_I, VXLAN_HEADER } from '../encap/encap.ts';
 import { buildIcmpUnreachable, ICMP_UNREACHABLE_MAX } from '../encap/icmp.ts';
 import { ipv4DecrementTtl, ipv4Dst, ipv4Src, ipv4Validate } from '../encap/ipv4.ts';
 import type { PacketConn } from '../conn/conn.ts';
@@ -67,6 +80,23 @@ export interface ForwarderOptions {
   readonly recvMessages?: number;
   /** Batches per side per event-loop turn (default 16). */
   readonly maxBatchesPerTurn?: number;
+  /** NAT keepalive to every peer this often (ms); 0 or absent = off. */
+  readonly keepaliveIntervalMs?: number;
+}
+
+/** udp keepalive payload: "\0WKA" (too short for IPv4, version nibble 0). */
+export const UDP_KEEPALIVE = Buffer.from([0x00, 0x57, 0x4b, 0x41]);
+
+/** The keepalive datagram for an encapsulation (a private copy). */
+export function keepalivePayload(encap: Encap): Buffer {
+  if (encap.name === 'udp') return Buffer.from(UDP_KEEPALIVE);
+  const vni = (encap as Encap & { readonly vni: number }).vni;
+  const h = Buffer.alloc(VXLAN_HEADER);
+  h[0] = VXLAN_FLAG_I;
+  h[4] = vni >>> 16;
+  h[5] = (vni >>> 8) & 0xff;
+  h[6] = vni & 0xff;
+  return h;
 }
 
 export interface PeerStatus {
@@ -121,6 +151,14 @@ export class Forwarder {
   private connPending = false;
   private isRunning = false;
 
+  /** Keepalive interval (ms, 0 = off), datagram, its send batch and counters. */
+  readonly keepaliveIntervalMs: number;
+  private readonly ka: Buffer;
+  private readonly kaBatch: PacketBatch;
+  /** [sent, received, send failures]. */
+  private readonly kaCounters = new Float64Array(3);
+  private kaTimer: NodeJS.Timeout | undefined;
+
   constructor(opts: ForwarderOptions) {
     this.tun = opts.tun;
     this.conn = opts.conn;
@@ -145,6 +183,16 @@ export class Forwarder {
     this.rxBatch = PacketBatch.forReceive(messages);
     this.rxFullAt = messages;
 
+    const kaMs = opts.keepaliveIntervalMs ?? 0;
+    if (!Number.isInteger(kaMs) || kaMs < 0) {
+      throw new ConfigError('keepaliveIntervalMs', `must be a non-negative integer, got ${kaMs}`);
+    }
+    this.keepaliveIntervalMs = kaMs;
+    this.ka = keepalivePayload(opts.encap);
+    this.kaBatch = PacketBatch.forSlots(64, 16, 0);
+    for (let i = 0; i < this.kaBatch.capacity; i++)
+      this.ka.copy(this.kaBatch.arena, this.kaBatch.slotStart(i));
+
     this.onTun = () => this.onTunReadable();
     this.onConn = () => this.onConnReadable();
     this.continueTun = () => {
@@ -167,14 +215,52 @@ export class Forwarder {
     this.isRunning = true;
     this.tun.startReading(this.onTun);
     this.conn.startReading(this.onConn);
+    if (this.keepaliveIntervalMs > 0) {
+      this.kaTimer = setInterval(() => this.sendKeepalives(), this.keepaliveIntervalMs);
+      this.kaTimer.unref();
+    }
   }
 
   /** Stops reading both devices (does not close them). Idempotent. */
   stop(): void {
     if (!this.isRunning) return;
     this.isRunning = false;
+    if (this.kaTimer !== undefined) clearInterval(this.kaTimer);
+    this.kaTimer = undefined;
     this.tun.stopReading();
     this.conn.stopReading();
+  }
+
+  /**
+   * Sends one keepalive to every peer's advertised endpoint now (the interval timer calls
+   * this; public for tests). Returns how many went out.
+   */
+  sendKeepalives(): number {
+    if (!this.isRunning) return 0;
+    const b = this.kaBatch;
+    const len = this.ka.length;
+    let total = 0;
+    let j = 0;
+    const flush = (): void => {
+      b.count = j;
+      let sent = this.conn.send(b);
+      if (sent < 0) sent = 0;
+      if (sent > j) sent = j;
+      total += sent;
+      (this.kaCounters[0] as number) += sent;
+      (this.kaCounters[2] as number) += j - sent;
+      j = 0;
+    };
+    for (const p of this.peersById.values()) {
+      b.offset[j] = b.slotStart(j);
+      b.length[j] = len;
+      b.addr[j] = p.publicIp;
+      b.port[j] = p.port || this.port;
+      j++;
+      if (j === b.capacity) flush();
+    }
+    if (j > 0) flush();
+    return total;
   }
 
   /** Replaces the whole peer set. Counters of peers that disappear are zeroed. */
@@ -257,8 +343,14 @@ export class Forwarder {
       });
     }
     peers.sort((a, b) => a.id - b.id);
+    const ka = this.kaCounters;
     return {
-      counters: s.counters,
+      counters: {
+        ...s.counters,
+        keepaliveSent: ka[0] as number,
+        keepaliveReceived: ka[1] as number,
+        keepaliveSendFailed: ka[2] as number,
+      },
       drops: s.drops,
       batchSizes: s.batchSizes,
       running: this.isRunning,
@@ -411,6 +503,8 @@ export class Forwarder {
     const drops = stats.drops;
     const pRx = stats.peerRxPackets;
     const pRxB = stats.peerRxBytes;
+    const ka = this.ka;
+    const kaLen = ka.length;
     let recvBytes = 0;
     let j = 0;
     for (let i = 0; i < n; i++) {
@@ -425,6 +519,10 @@ export class Forwarder {
         (checkPort && ports[i] !== (peer.port || defaultPort))
       ) {
         (drops[DropReason.unknownPeer] as number)++;
+        continue;
+      }
+      if (len === kaLen && isKeepalive(arena, off, ka)) {
+        (this.kaCounters[1] as number)++;
         continue;
       }
       const why = encap.decapsulate(arena, off, len);
@@ -481,6 +579,11 @@ export class Forwarder {
     if (icmp) (counters[Counter.icmpUnreachableSent] as number) += w;
     if (w < j) (this.stats.drops[DropReason.tunWrite] as number) += j - w;
   }
+}
+
+function isKeepalive(arena: Buffer, off: number, ka: Buffer): boolean {
+  for (let k = 0; k < ka.length; k++) if (arena[off + k] !== ka[k]) return false;
+  return true;
 }
 
 function align(n: number, to: number): number {

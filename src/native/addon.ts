@@ -59,6 +59,8 @@ export interface TunCounters {
   errors: number;
   dropped: number;
   pendingSuperPackets: number;
+  /** Packets written with NEEDS_CSUM because their sender left the checksum partial. */
+  partialCsumWrites: number;
 }
 
 export interface UdpCounters {

@@ -9,8 +9,11 @@
  *
  * The pod side is attached only once the node's subnet is known: from weftd's subnet file
  * (FLANNEL_SUBNET / FLANNEL_MTU), or from a fixed plan for the kernel baselines (kernel VXLAN
- * and plain routing, no weftd) the benchmark compares against. Traffic helpers (ping with
- * parsed RTTs, a sha256-checked TCP transfer, iperf3) run inside the pod namespaces.
+ * and plain routing, no weftd) the benchmark compares against. Each weftd runs in its node
+ * namespace on the embedded lease store (a shared directory under the per-run temp dir), with
+ * its own subnet file and state dir; it is ready when its /readyz (port 10266, `weft status`'s
+ * default) answers 200. Traffic helpers (ping with parsed RTTs, a sha256-checked TCP transfer,
+ * iperf3) run inside the pod namespaces.
  *
  * Teardown is NetnsRun's (processes by PID, then namespaces); `destroy()` also removes the
  * per-run temp dir. Callers wrap everything in try/finally.
@@ -107,6 +110,19 @@ export interface WeftdOptions {
   readonly extraArgs?: readonly string[];
   /** Log level for weftd (WEFT_LOG_LEVEL). Default "warn". */
   readonly logLevel?: string;
+  /**
+   * The lease store. Default: the embedded store in `storeDir`. With etcd, the net-conf
+   * must already be at `<prefix>/config` (writeNetConf only writes the embedded store's).
+   */
+  readonly store?: EtcdStoreRef;
+}
+
+/** weftd on etcd: client URLs reachable from the node namespaces (see addUnderlayHost). */
+export interface EtcdStoreRef {
+  readonly type: 'etcd';
+  readonly endpoints: readonly string[];
+  /** Default flannel's /coreos.com/network. */
+  readonly prefix?: string;
 }
 
 export interface PingResult {
@@ -399,6 +415,21 @@ export class Cluster {
     }
   }
 
+  /**
+   * Adds a host that is not a node (an etcd server, say) to the underlay: namespace
+   * `<prefix>-<name>` with eth0 on the switch, holding `addrs` (dotted quads, /24 of the
+   * underlay, e.g. 198.18.0.250 upwards, clear of the nodes). Returns the namespace name.
+   */
+  async addUnderlayHost(name: string, addrs: readonly string[]): Promise<string> {
+    const { run } = this;
+    const ns = await run.addNamespace(name);
+    const port = `h${name}`.slice(0, 15);
+    await run.addVeth(this.switchNs, port, ns, 'eth0', this.underlayMtu);
+    await run.ip(this.switchNs, 'link', 'set', port, 'master', 'br0');
+    for (const a of addrs) await run.ip(ns, 'addr', 'add', `${a}/24`, 'dev', 'eth0');
+    return ns;
+  }
+
   node(i: number): ClusterNode {
     const n = this.nodes[i - 1];
     if (!n) throw new TopologyError(`no node ${i} (the cluster has ${this.nodes.length})`);
@@ -422,11 +453,19 @@ export class Cluster {
 
   /** weftd's command line for a node (embedded store, own subnet file and state dir). */
   weftdArgs(node: ClusterNode, opts: WeftdOptions = {}): string[] {
+    const store =
+      opts.store?.type === 'etcd'
+        ? [
+            '--lease-store',
+            'etcd',
+            '--etcd-endpoints',
+            opts.store.endpoints.join(','),
+            '--etcd-prefix',
+            opts.store.prefix ?? '/coreos.com/network',
+          ]
+        : ['--lease-store', 'embedded', '--store-dir', this.storeDir];
     return [
-      '--lease-store',
-      'embedded',
-      '--store-dir',
-      this.storeDir,
+      ...store,
       '--iface',
       'eth0',
       '--subnet-file',

@@ -16,6 +16,7 @@ import {
   mkdtempSync,
   readFileSync,
   readdirSync,
+  rmdirSync,
   rmSync,
   statSync,
   writeFileSync,
@@ -25,9 +26,11 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { installCni } from '../../src/daemon/install-cni.ts';
+import { writeEmbeddedConfig } from '../../src/lease/embedded/store.ts';
 import { NetnsRun, rootSnapshot } from '../../src/netns/netns.ts';
 import type { SpawnedProcess } from '../../src/netns/netns.ts';
 import { run as runCmd, runSync } from '../../src/util/exec.ts';
+import { programCommand } from '../../src/util/self.ts';
 import { REF_PLUGINS, SUBNET_ENV, buildBundle, callPlugin } from './helpers.ts';
 
 const IMAGE = 'docker.io/weft/busybox:1';
@@ -112,17 +115,49 @@ function ctr(...args: string[]): Promise<string> {
 }
 
 /** `ctr run --rm --cni` in the node namespace, with /etc/cni and /opt/cni from our temp dirs. */
-function ctrRunCni(id: string, script: string): Promise<string> {
+function ctrRunCni(id: string, script: string, ns = nodeNs): Promise<string> {
   const mounts = ['etc', 'opt']
     .map(
       (d) =>
         `mount -t overlay overlay -o lowerdir=/${d},upperdir=${dir}/${d}-up,workdir=${dir}/${d}-work /${d}`,
     )
     .join(' && ');
-  const ctrCmd = `exec ip netns exec ${nodeNs} ctr -a ${sock} -n weft run --rm --cni ${IMAGE} ${id} /bin/busybox sh -c "$0"`;
+  const ctrCmd = [
+    `exec ip netns exec ${ns} ctr -a ${sock} -n weft run --rm --cni`,
+    `--runc-root ${dir}/runc --fifo-dir ${dir}/fifo`,
+    `${IMAGE} ${id} /bin/busybox sh -c "$0"`,
+  ].join(' ');
+  usedIds.push(id);
   return runCmd('unshare', ['-m', '--propagation', 'private', 'sh', '-c', `${mounts} && ${ctrCmd}`, script], {
     timeoutMs: 60_000,
   });
+}
+
+const usedIds: string[] = [];
+const SHIM_SOCKETS = '/run/containerd/s';
+const hadRunContainerd = existsSync('/run/containerd');
+
+/**
+ * containerd 1.6 puts shim sockets in /run/containerd/s (not configurable), named by the hash
+ * of <address>/<namespace>/<id>; a shim killed in teardown leaves its socket. Remove ours, and
+ * the directories if this test created them and they are empty.
+ */
+function removeShimLeftovers(): void {
+  for (const id of usedIds) {
+    const hash = createHash('sha256')
+      .update(join(sock, 'weft', id))
+      .digest('hex');
+    rmSync(join(SHIM_SOCKETS, hash), { force: true });
+  }
+  if (!hadRunContainerd) {
+    for (const d of [SHIM_SOCKETS, '/run/containerd']) {
+      try {
+        rmdirSync(d);
+      } catch {
+        /* not empty (someone else's) or gone */
+      }
+    }
+  }
 }
 
 /** Shims of our containerd (found by our socket path in their command line), by PID. */
@@ -189,6 +224,7 @@ after(async () => {
   await containerd?.stop('SIGTERM', 3000);
   killOurShims();
   await run.destroy();
+  removeShimLeftovers();
   for (const line of readFileSync('/proc/mounts', 'utf8').split('\n').reverse()) {
     const mnt = line.split(' ')[1];
     if (mnt?.startsWith(dir)) runSync('umount', ['-l', mnt]);
@@ -278,6 +314,97 @@ void test('ctr run --cni: the container reaches a pod on another node (host-gw s
     const del = await callPlugin(nodeB, [process.execPath, bundle], { ...envB, CNI_COMMAND: 'DEL' }, confB);
     assert.equal(del.code, 0, del.stdout + del.stderr);
   } finally {
+    writeFileSync(subnetFile, SUBNET_ENV);
+  }
+});
+
+async function until<T>(
+  what: string,
+  fn: () => T | undefined,
+  procs: SpawnedProcess[],
+  timeoutMs = 20_000,
+): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const v = fn();
+    if (v !== undefined) return v;
+    if (Date.now() > end) {
+      throw new Error(
+        `timed out waiting for ${what}\n${procs.map((p) => p.output().slice(-2000)).join('\n---\n')}`,
+      );
+    }
+    await sleep(100);
+  }
+}
+
+function subnetOf(file: string): string | undefined {
+  try {
+    return /^FLANNEL_SUBNET=(\S+)$/m.exec(readFileSync(file, 'utf8'))?.[1];
+  } catch {
+    return undefined;
+  }
+}
+
+void test('with real weftd on two nodes (udp backend): the container reaches a pod on the other node', async () => {
+  // Node A is the containerd node (its weftd writes the subnet file the installed conflist
+  // names); node B gets a pod through weft-cni directly. weftd carries the traffic.
+  const nodeB = await run.addNamespace('wd-b');
+  // A fresh node A: cni0 in the first node namespace already has the other tests' subnet.
+  const nodeA = await run.addNamespace('wd-a');
+  await run.addVeth(nodeA, 'eth0', nodeB, 'eth0', 1500);
+  await run.ip(nodeA, 'addr', 'add', '198.18.1.1/24', 'dev', 'eth0');
+  await run.ip(nodeB, 'addr', 'add', '198.18.1.2/24', 'dev', 'eth0');
+  const storeDir = join(dir, 'wd-store');
+  await writeEmbeddedConfig(storeDir, { Network: '10.78.0.0/16', Backend: { Type: 'udp' } });
+  const subnetB = join(dir, 'wd-b', 'subnet.env');
+  rmSync(subnetFile);
+  const { cmd, args } = programCommand('weftd');
+  const weftd = (ns: string, name: string, file: string): SpawnedProcess =>
+    run.spawn(ns, cmd, [
+      ...args,
+      '--lease-store=embedded',
+      `--store-dir=${storeDir}`,
+      `--subnet-file=${file}`,
+      `--state-dir=${join(dir, name, 'state')}`,
+      '--iface=eth0',
+      '--ip-masq',
+      '--log-level=warn',
+    ]);
+  const procs = [weftd(nodeA, 'wd-a', subnetFile), weftd(nodeB, 'wd-b', subnetB)];
+  try {
+    const subA = await until('subnet file of node A', () => subnetOf(subnetFile), procs);
+    const subB = await until('subnet file of node B', () => subnetOf(subnetB), procs);
+    assert.notEqual(subA, subB);
+    const podB = await run.addNamespace('wd-pod-b');
+    const confB = {
+      cniVersion: '1.0.0',
+      name: 'weft',
+      type: 'weft-cni',
+      subnetFile: subnetB,
+      dataDir: join(dir, 'wd-data-b'),
+      ipam: { dataDir: join(dir, 'wd-ipam-b') },
+    };
+    const envB = {
+      CNI_CONTAINERID: 'wd-pod-b',
+      CNI_NETNS: `/run/netns/${podB}`,
+      CNI_IFNAME: 'eth0',
+      CNI_PATH: REF_PLUGINS,
+    };
+    const add = await callPlugin(nodeB, [process.execPath, bundle], { ...envB, CNI_COMMAND: 'ADD' }, confB);
+    assert.equal(add.code, 0, add.stdout + add.stderr);
+    const addrB = String(
+      ((add.json as Record<string, unknown>).ips as Record<string, unknown>[])[0]?.address,
+    ).split('/')[0] as string;
+    const prefixA = (subA.split('/')[0] as string).split('.').slice(0, 3).join('\\.');
+    // Peers are learnt within a second or so; ping until the path is up.
+    const script = `for i in 1 2 3 4 5 6 7 8 9 10; do /bin/busybox ping -c 1 -W 1 ${addrB} >/dev/null && break; done; /bin/busybox ip -4 -o addr show eth0; /bin/busybox ping -c 2 -W 2 ${addrB}`;
+    const out = await ctrRunCni('weft-c4', script, nodeA);
+    assert.match(out, new RegExp(`inet ${prefixA}\\.\\d+/24`), out);
+    assert.match(out, /2 packets transmitted, 2 packets received/, out);
+    const del = await callPlugin(nodeB, [process.execPath, bundle], { ...envB, CNI_COMMAND: 'DEL' }, confB);
+    assert.equal(del.code, 0, del.stdout + del.stderr);
+  } finally {
+    await Promise.all(procs.map((p) => p.stop('SIGTERM', 5000)));
     writeFileSync(subnetFile, SUBNET_ENV);
   }
 });

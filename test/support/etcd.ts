@@ -20,11 +20,18 @@ export interface EtcdMember {
   readonly clientUrl: string;
   readonly peerUrl: string;
   readonly dataDir: string;
+  /** PID of the running process (changes on `restart()`). */
   readonly pid: number;
   /** True until the member was killed. */
   readonly alive: boolean;
   /** SIGKILL by PID; resolves when the process has exited. */
   kill(): Promise<void>;
+  /**
+   * Starts a killed member again on the same data dir, ports and namespace (it rejoins the
+   * cluster with its old identity). Resolves once the process is spawned; use
+   * `EtcdCluster.waitHealthy()` to wait for the quorum.
+   */
+  restart(): Promise<void>;
 }
 
 export interface EtcdCluster {
@@ -39,6 +46,8 @@ export interface EtcdCluster {
   enableAuth(password: string): Promise<void>;
   /** Kills every member (SIGKILL by PID) and removes the data dirs. Idempotent. */
   stop(): Promise<void>;
+  /** Waits until every live member answers /health with true (quorum). */
+  waitHealthy(timeoutMs?: number): Promise<void>;
 }
 
 export interface StartEtcdOptions {
@@ -48,6 +57,17 @@ export interface StartEtcdOptions {
   tls?: TestCerts;
   /** Readiness timeout per cluster. */
   readyTimeoutMs?: number;
+  /**
+   * Run the members (and etcdctl, and the health checks) inside this network namespace,
+   * e.g. a host on a test underlay that weftd in other namespaces can reach. The namespace
+   * belongs to the caller (created and deleted by its NetnsRun).
+   */
+  netns?: string;
+  /**
+   * Address member i listens on (clients and peers): `hosts[i]`, else `hosts[0]`, else
+   * 127.0.0.1. With `netns`, the addresses must be configured in that namespace.
+   */
+  hosts?: readonly string[];
 }
 
 const live = new Set<ChildProcess>();
@@ -183,20 +203,41 @@ function getJson(url: string, tls?: TestCerts): Promise<unknown> {
   });
 }
 
+/** GET <url> from inside namespace `ns` (a one-line node client), parsed as JSON. */
+async function getJsonInNetns(url: string, ns: string): Promise<unknown> {
+  const script =
+    "require('node:http').get(process.env.U,{timeout:1000},(r)=>{let b='';r.on('data',(d)=>b+=d);" +
+    "r.on('end',()=>process.stdout.write(b))}).on('error',(e)=>{console.error(String(e));process.exit(2)})";
+  const out = await run(process.execPath, ['-e', script], {
+    netns: ns,
+    timeoutMs: 3000,
+    env: { ...process.env, U: url },
+  });
+  try {
+    return JSON.parse(out);
+  } catch {
+    throw new Error(`${url}: not JSON: ${out.slice(0, 200)}`);
+  }
+}
+
 async function waitHealthy(
   url: string,
   deadline: number,
-  proc: ChildProcess,
+  proc: () => ChildProcess,
   stderr: () => string,
   tls?: TestCerts,
+  netns?: string,
 ) {
   let lastErr = '';
   while (Date.now() < deadline) {
-    if (proc.exitCode !== null || proc.signalCode !== null) {
-      throw new Error(`etcd at ${url} exited early (${proc.exitCode ?? proc.signalCode}): ${stderr()}`);
+    const p = proc();
+    if (p.exitCode !== null || p.signalCode !== null) {
+      throw new Error(`etcd at ${url} exited early (${p.exitCode ?? p.signalCode}): ${stderr()}`);
     }
     try {
-      const body = (await getJson(`${url}/health`, tls)) as { health?: string };
+      const body = (
+        netns !== undefined ? await getJsonInNetns(`${url}/health`, netns) : await getJson(`${url}/health`, tls)
+      ) as { health?: string };
       if (body.health === 'true') return;
       lastErr = JSON.stringify(body);
     } catch (err) {
@@ -212,7 +253,8 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdCluste
   const names = Array.from({ length: n }, (_, i) => `m${i}`);
   const ports: Array<{ client: number; peer: number }> = [];
   for (let i = 0; i < n; i++) ports.push({ client: await freePort(), peer: await freePort() });
-  const initialCluster = names.map((nm, i) => `${nm}=http://127.0.0.1:${ports[i]!.peer}`).join(',');
+  const host = (i: number): string => opts.hosts?.[i] ?? opts.hosts?.[0] ?? '127.0.0.1';
+  const initialCluster = names.map((nm, i) => `${nm}=http://${host(i)}:${ports[i]!.peer}`).join(',');
   const token = `weft-test-${process.pid}-${Date.now()}`;
 
   const members: Array<EtcdMember & { alive: boolean }> = [];
@@ -226,7 +268,7 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdCluste
     for (let i = 0; i < n; i++) {
       const name = names[i]!;
       const { client, peer } = ports[i]!;
-      const clientUrl = `${opts.tls ? 'https' : 'http'}://127.0.0.1:${client}`;
+      const clientUrl = `${opts.tls ? 'https' : 'http'}://${host(i)}:${client}`;
       const tlsFlags = opts.tls
         ? ['--cert-file', opts.tls.serverCert, '--key-file', opts.tls.serverKey].concat([
             '--trusted-ca-file',
@@ -234,51 +276,62 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdCluste
             '--client-cert-auth',
           ])
         : [];
-      const peerUrl = `http://127.0.0.1:${peer}`;
+      const peerUrl = `http://${host(i)}:${peer}`;
       const dataDir = mkdtempSync(join(tmpdir(), 'weft-etcd-'));
-      const proc = spawn(
-        'etcd',
-        [
-          '--name',
-          name,
-          '--logger=zap',
-          '--log-level=warn',
-          '--data-dir',
-          dataDir,
-          '--listen-client-urls',
-          clientUrl,
-          '--advertise-client-urls',
-          clientUrl,
-          '--listen-peer-urls',
-          peerUrl,
-          '--initial-advertise-peer-urls',
-          peerUrl,
-          '--initial-cluster',
-          initialCluster,
-          '--initial-cluster-state',
-          'new',
-          '--initial-cluster-token',
-          token,
-          ...tlsFlags,
-        ],
-        { stdio: ['ignore', 'ignore', 'pipe'] },
-      );
-      if (proc.pid === undefined) throw new Error('could not spawn etcd (is etcd-server installed?)');
-      live.add(proc);
-      procs.push(proc);
+      const etcdArgs = [
+        '--name',
+        name,
+        '--logger=zap',
+        '--log-level=warn',
+        '--data-dir',
+        dataDir,
+        '--listen-client-urls',
+        clientUrl,
+        '--advertise-client-urls',
+        clientUrl,
+        '--listen-peer-urls',
+        peerUrl,
+        '--initial-advertise-peer-urls',
+        peerUrl,
+        '--initial-cluster',
+        initialCluster,
+        '--initial-cluster-state',
+        'new',
+        '--initial-cluster-token',
+        token,
+        ...tlsFlags,
+      ];
       stderrs.push('');
-      proc.stderr?.setEncoding('utf8');
-      proc.stderr?.on('data', (d: string) => {
-        const s = stderrs[i]! + d;
-        stderrs[i] = s.length > 8192 ? s.slice(-8192) : s;
-      });
-      const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
+      let proc!: ChildProcess;
+      let exited!: Promise<void>;
+      const spawnOne = (): void => {
+        // `ip netns exec` execs etcd in place, so the PID is etcd's own.
+        const p =
+          opts.netns !== undefined
+            ? spawn('ip', ['netns', 'exec', opts.netns, 'etcd', ...etcdArgs], {
+                stdio: ['ignore', 'ignore', 'pipe'],
+              })
+            : spawn('etcd', etcdArgs, { stdio: ['ignore', 'ignore', 'pipe'] });
+        if (p.pid === undefined) throw new Error('could not spawn etcd (is etcd-server installed?)');
+        live.add(p);
+        procs[i] = p;
+        p.stderr?.setEncoding('utf8');
+        p.stderr?.on('data', (d: string) => {
+          const s = stderrs[i]! + d;
+          stderrs[i] = s.length > 8192 ? s.slice(-8192) : s;
+        });
+        proc = p;
+        exited = new Promise<void>((resolve) => p.once('exit', () => resolve()));
+      };
+      spawnOne();
       const member = {
         name,
         clientUrl,
         peerUrl,
         dataDir,
-        pid: proc.pid,
+        get pid(): number {
+          return proc.pid!;
+        },
         alive: true,
         async kill() {
           if (proc.exitCode === null && proc.signalCode === null) {
@@ -292,12 +345,21 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdCluste
           member.alive = false;
           live.delete(proc);
         },
+        restart() {
+          if (proc.exitCode === null && proc.signalCode === null)
+            return Promise.reject(new Error(`etcd member ${name} still runs; kill() it first`));
+          spawnOne();
+          member.alive = true;
+          return Promise.resolve();
+        },
       };
       members.push(member);
     }
     const deadline = Date.now() + (opts.readyTimeoutMs ?? 15_000);
     await Promise.all(
-      members.map((m, i) => waitHealthy(m.clientUrl, deadline, procs[i]!, () => stderrs[i] ?? '', opts.tls)),
+      members.map((m, i) =>
+        waitHealthy(m.clientUrl, deadline, () => procs[i]!, () => stderrs[i] ?? '', opts.tls, opts.netns),
+      ),
     );
   } catch (err) {
     await cleanup();
@@ -316,6 +378,7 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdCluste
         flags.push(`--cacert=${opts.tls.ca}`, `--cert=${opts.tls.clientCert}`, `--key=${opts.tls.clientKey}`);
       if (rootPassword !== undefined) flags.push(`--user=root:${rootPassword}`);
       return run('etcdctl', [...flags, ...args], {
+        ...(opts.netns !== undefined ? { netns: opts.netns } : {}),
         env: { ...process.env, ETCDCTL_API: '3' },
         input,
         timeoutMs: 20_000,
@@ -342,6 +405,16 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdCluste
       if (stopped) return;
       stopped = true;
       await cleanup();
+    },
+    async waitHealthy(timeoutMs = 15_000) {
+      const deadline = Date.now() + timeoutMs;
+      await Promise.all(
+        members.map((m, i) =>
+          m.alive
+            ? waitHealthy(m.clientUrl, deadline, () => procs[i]!, () => stderrs[i] ?? '', opts.tls, opts.netns)
+            : Promise.resolve(),
+        ),
+      );
     },
   };
   return cluster;

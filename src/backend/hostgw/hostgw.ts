@@ -18,6 +18,7 @@ import type { Ipv4Cidr } from '../../routing/ipv4.ts';
 import { cidrContainsCidr, cidrEquals, cidrToKey, formatCidr, tryParseIpv4 } from '../../routing/ipv4.ts';
 import { DeviceError } from '../../util/errors.ts';
 import { onConnectedSubnet } from '../vxlan/plan.ts';
+import { backendMtu } from '../../daemon/netconf.ts';
 
 export interface HostGwPlan {
   readonly key: string;
@@ -81,7 +82,13 @@ export class HostGwBackend implements Backend {
   }
 
   prepare(): Promise<PreparedBackend> {
-    return Promise.resolve({ backendType: 'host-gw', backendData: null, mtu: this.ctx.underlay.mtu });
+    try {
+      // No device and no overhead: Backend.MTU (at most the underlay's) only goes to pods.
+      const mtu = backendMtu(this.ctx.network.backend, this.ctx.underlay, 0);
+      return Promise.resolve({ backendType: 'host-gw', backendData: null, mtu });
+    } catch (err) {
+      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
   }
 
   async start(_lease: Lease, signal: AbortSignal): Promise<void> {

@@ -10,7 +10,15 @@
  * forwarder's route table; nothing in the kernel changes per peer.
  *
  * flannel publishes no BackendData for udp: our lease carries null.
+ *
+ * The TUN device is checked every second (TunWatch): if someone deletes it (`ip link del`),
+ * the backend opens a new one, puts address, MTU and route back and swaps it into a fresh
+ * forwarder with the same peers and counters; a device that is only down or lost its
+ * address is fixed in place. The vxlan userspace plane uses the same watch.
  */
+import { setInterfaceSysctl } from '../../kernel/sysctl.ts';
+import { userspaceDataplaneInfo } from '../userspace-info.ts';
+import { networkInterfaces } from 'node:os';
 import type { Backend, BackendContext, BackendStats, DataplaneInfo, PreparedBackend } from '../backend.ts';
 import type { ConnOptions, PacketConn } from '../../conn/conn.ts';
 import { Forwarder } from '../../dataplane/forwarder.ts';
@@ -21,9 +29,11 @@ import { IpRouteKernel } from '../../kernel/iproute.ts';
 import type { KernelNet, KernelOp } from '../../kernel/kernel.ts';
 import type { Lease, LeaseEvent } from '../../lease/types.ts';
 import { cidrToKey, formatCidr, formatIpv4, tryParseIpv4 } from '../../routing/ipv4.ts';
+import type { Ipv4Cidr } from '../../routing/ipv4.ts';
 import type { TunDevice } from '../../tun/tun.ts';
 import { ConfigError, DeviceError } from '../../util/errors.ts';
 import type { Logger } from '../../util/log.ts';
+import { backendMtu, keepaliveSeconds } from '../../daemon/netconf.ts';
 
 export const UDP_BACKEND_TYPE = 'udp';
 /** Outer IPv4 (20) + UDP (8) headers. */
@@ -44,6 +54,101 @@ export interface UdpDeps {
   readonly openConn?: (opts: ConnOptions) => PacketConn | Promise<PacketConn>;
   /** TUN device name (default weft0, weftd --tun-name). */
   readonly tunName?: string;
+  /** How often to check that the TUN device still exists (ms, default 1000; 0 = never). */
+  readonly deviceCheckMs?: number;
+}
+
+/** How often a userspace data plane checks its TUN device (ms). */
+export const DEFAULT_DEVICE_CHECK_MS = 1000;
+
+/** What is wrong with a TUN device we set up: gone/replaced need a new device, the rest a fix-up. */
+export type TunProblem = 'gone' | 'replaced' | 'down' | 'address' | 'route';
+
+/** Every this many device checks, the route is checked too (that needs `ip`). */
+export const FULL_CHECK_EVERY = 5;
+
+/**
+ * What is wrong with our TUN device `name` (kernel index `index`, address `addr`/32, route
+ * `network` through it), or undefined when nothing is. The common case spawns no process:
+ * os.networkInterfaces() (getifaddrs in our own network namespace) lists the device up and
+ * running with our address. Only when it does not, or when `full`, do we ask the kernel
+ * for details (link, addresses, the route).
+ */
+export async function tunProblem(
+  kernel: KernelNet,
+  name: string,
+  addr: number,
+  index: number,
+  network: Ipv4Cidr,
+  full = true,
+): Promise<TunProblem | undefined> {
+  const want = formatIpv4(addr);
+  const listed = networkInterfaces()[name];
+  const fine = listed?.some(
+    (a) => (a.family === 'IPv4' || (a.family as unknown) === 4) && a.address === want,
+  );
+  if (fine && !full) return undefined;
+  const link = await kernel.getLink(name);
+  if (link === undefined) return 'gone';
+  if (link.kind !== 'tun' || link.index !== index) return 'replaced';
+  if (!link.up) return 'down';
+  if (!(await kernel.listAddrs(name)).some((a) => a.addr === addr && a.prefix === 32)) return 'address';
+  const routes = await kernel.listRoutes(name);
+  if (!routes.some((r) => r.dst.addr === network.addr && r.dst.prefix === network.prefix)) return 'route';
+  return undefined;
+}
+
+/**
+ * Runs `check` every `intervalMs` (unref'd timer), never two at once; every
+ * FULL_CHECK_EVERY-th run (and every run asked for by hand) is a full one. `check` must not
+ * reject. stop() waits for a check in progress, so a backend can tear down after it.
+ */
+export class TunWatch {
+  private timer: NodeJS.Timeout | undefined;
+  private inFlight: Promise<void> | undefined;
+  private ticks = 0;
+  private readonly intervalMs: number;
+  private readonly check: (full: boolean) => Promise<void>;
+
+  constructor(intervalMs: number, check: (full: boolean) => Promise<void>) {
+    this.intervalMs = intervalMs;
+    this.check = check;
+  }
+
+  start(): void {
+    if (this.intervalMs <= 0 || this.timer) return;
+    this.timer = setInterval(() => void this.tick(++this.ticks % FULL_CHECK_EVERY === 0), this.intervalMs);
+    this.timer.unref();
+  }
+
+  /** Runs a check now (or joins the one in progress). */
+  tick(full = true): Promise<void> {
+    this.inFlight ??= this.check(full).finally(() => {
+      this.inFlight = undefined;
+    });
+    return this.inFlight;
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    await this.inFlight;
+  }
+}
+
+/** A forwarder like `old` (same encap, local side, port, checks and counters) over a new TUN. */
+export function forwarderWithTun(old: Forwarder, tun: TunDevice, conn: PacketConn): Forwarder {
+  return new Forwarder({
+    tun,
+    conn,
+    encap: old.encap,
+    local: old.local,
+    port: old.port,
+    stats: old.stats,
+    checkPeerPort: old.checkPeerPort,
+    icmpForIcmpQueries: old.icmpForIcmpQueries,
+    maxBatchesPerTurn: old.maxBatchesPerTurn,
+  });
 }
 
 /** The udp options of the network config (already checked by netconf). */
@@ -72,6 +177,13 @@ export class UdpBackend implements Backend {
   private readonly peers = new Map<string, Peer>();
   private ignored = 0;
   private readonly ignoredKeys = new Set<string>();
+  private lease: Lease | undefined;
+  /** Kernel index of our TUN device (a new index under our name means ours was deleted). */
+  private tunIndex = -1;
+  private readonly watch: TunWatch;
+  private deviceRecreated = 0;
+  private deviceRepaired = 0;
+  private deviceRepairFailures = 0;
 
   constructor(ctx: BackendContext, deps: UdpDeps = {}) {
     this.ctx = ctx;
@@ -80,16 +192,14 @@ export class UdpBackend implements Backend {
     this.kernel = deps.kernel ?? new IpRouteKernel();
     this.log = ctx.log.child({ component: 'backend-udp' });
     this.port = udpPort(ctx);
+    this.watch = new TunWatch(deps.deviceCheckMs ?? DEFAULT_DEVICE_CHECK_MS, (full) =>
+      this.checkDevice(full),
+    );
   }
 
   prepare(): Promise<PreparedBackend> {
-    const mtu = this.ctx.underlay.mtu - UDP_OVERHEAD;
-    if (mtu < 576) {
-      throw new ConfigError(
-        'iface',
-        `underlay ${this.ctx.underlay.iface} has MTU ${this.ctx.underlay.mtu}; the udp backend needs at least ${576 + UDP_OVERHEAD}`,
-      );
-    }
+    // Backend.MTU, or underlay - 28; checked to fit the underlay.
+    const mtu = backendMtu(this.ctx.network.backend, this.ctx.underlay, UDP_OVERHEAD);
     this.mtu = mtu;
     return Promise.resolve({ backendType: UDP_BACKEND_TYPE, backendData: null, mtu });
   }
@@ -121,6 +231,7 @@ export class UdpBackend implements Backend {
         { op: 'route-replace', route: { dst: this.ctx.network.network, dev: name } },
       );
       await this.kernel.apply(ops);
+      setInterfaceSysctl(name, 'accept_local', '1');
       signal.throwIfAborted();
       this.conn = await openConn({
         bindAddr: this.ctx.underlay.addr,
@@ -133,9 +244,13 @@ export class UdpBackend implements Backend {
         encap: new UdpEncap(),
         local: { subnet: lease.subnet, tunAddr: lease.subnet.addr },
         port: this.port,
+        keepaliveIntervalMs: keepaliveSeconds(this.ctx.network.backend) * 1000,
       });
       this.fwd.setPeers(this.peers.values());
       this.fwd.start();
+      this.lease = lease;
+      this.tunIndex = (await this.kernel.getLink(name))?.index ?? -1;
+      this.watch.start();
     } catch (err) {
       await this.teardown();
       throw err;
@@ -199,21 +314,62 @@ export class UdpBackend implements Backend {
     return this.fwd;
   }
 
+  /** Checks the TUN device now and repairs it if needed (tests; also every deviceCheckMs). */
+  checkDeviceNow(): Promise<void> {
+    return this.watch.tick();
+  }
+
+  private async checkDevice(full: boolean): Promise<void> {
+    const lease = this.lease;
+    if (!lease || !this.conn) return;
+    const name = this.tunName;
+    const net = this.ctx.network.network;
+    try {
+      const problem = this.tun
+        ? await tunProblem(this.kernel, name, lease.subnet.addr, this.tunIndex, net, full)
+        : 'gone';
+      if (problem === undefined) return;
+      const reopen = problem === 'gone' || problem === 'replaced';
+      if (reopen) {
+        // Our fd is detached from a deleted device: a new device needs a new fd.
+        this.fwd?.stop();
+        this.tun?.close();
+        this.tun = undefined;
+        if (await this.kernel.getLink(name)) await this.kernel.apply([{ op: 'link-del', name }]);
+        const openTun = this.deps.openTun ?? (await import('../../tun/native-tun.ts')).openTun;
+        this.tun = await openTun({ name, mtu: this.mtu, offloads: this.ctx.offloads });
+      }
+      await this.kernel.apply([
+        { op: 'addr-replace', dev: name, addr: { addr: lease.subnet.addr, prefix: 32 } },
+        { op: 'link-up', name, mtu: this.mtu },
+        { op: 'route-replace', route: { dst: net, dev: name } },
+      ]);
+      setInterfaceSysctl(name, 'accept_local', '1');
+      this.tunIndex = (await this.kernel.getLink(name))?.index ?? -1;
+      if (reopen && this.fwd && this.tun) {
+        const fwd = forwarderWithTun(this.fwd, this.tun, this.conn);
+        fwd.setPeers(this.peers.values());
+        this.fwd = fwd;
+        fwd.start();
+        this.deviceRecreated++;
+      } else this.deviceRepaired++;
+      this.log.warn(
+        { device: name, problem, recreated: reopen, peers: this.peers.size },
+        reopen
+          ? 'the TUN device was gone; recreated it (address, MTU, route) and resumed forwarding'
+          : 'the TUN device had lost its settings; put address, MTU and route back',
+      );
+    } catch (err) {
+      this.deviceRepairFailures++;
+      this.log.error(
+        { err, device: name },
+        'could not repair the TUN device; trying again at the next check',
+      );
+    }
+  }
+
   dataplaneInfo(): DataplaneInfo {
-    const t = this.tun?.offloads;
-    const c = this.conn?.offloads;
-    return {
-      dataplane: 'userspace',
-      forwarder: this.fwd?.snapshot(),
-      offloads: {
-        tunVnetHdr: t?.vnetHdr ?? false,
-        tunTso: t?.tso ?? false,
-        tunUso: t?.uso ?? false,
-        tunGro: t?.gro ?? false,
-        udpGso: c?.gso ?? false,
-        udpGro: c?.gro ?? false,
-      },
-    };
+    return userspaceDataplaneInfo(this.fwd, this.tun, this.conn);
   }
 
   stats(): BackendStats {
@@ -222,6 +378,9 @@ export class UdpBackend implements Backend {
       ignoredPeerEvents: this.ignored,
       mtu: this.mtu,
       port: this.port,
+      deviceRecreated: this.deviceRecreated,
+      deviceRepaired: this.deviceRepaired,
+      deviceRepairFailures: this.deviceRepairFailures,
     };
     const fwd = this.fwd;
     if (fwd) {
@@ -244,6 +403,8 @@ export class UdpBackend implements Backend {
   }
 
   private async teardown(): Promise<void> {
+    await this.watch.stop();
+    this.lease = undefined;
     this.fwd?.stop();
     this.fwd = undefined;
     this.conn?.close();

@@ -1,8 +1,8 @@
 /**
  * The vxlan backend's options from net-conf.json's `Backend` object, validated once at
  * start so the rest of the backend works with plain numbers. Names and defaults follow
- * flannel (VNI 1, Port 8472 = the Linux default, DirectRouting false); `Dataplane` and
- * `MTU` are weft's additions.
+ * flannel (VNI 1, Port 8472 = the Linux default, DirectRouting false); `Dataplane`, `MTU`
+ * and `PersistentKeepaliveInterval` (seconds, userspace plane) are weft's additions.
  */
 import type { BackendConfig } from '../../lease/types.ts';
 import { ConfigError } from '../../util/errors.ts';
@@ -17,6 +17,8 @@ export interface VxlanOptions {
   /** Explicit device MTU; undefined = underlay MTU - 50. */
   readonly mtu: number | undefined;
   readonly dataplane: Dataplane;
+  /** NAT keepalive interval in seconds (userspace plane only; 0 = off). */
+  readonly keepalive: number;
 }
 
 /** Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14). */
@@ -53,5 +55,6 @@ export function parseVxlanOptions(cfg: BackendConfig): VxlanOptions {
       `must be "kernel", "userspace" or "auto" (got ${JSON.stringify(dp)})`,
     );
   }
-  return { vni, port, directRouting: dr === true, mtu, dataplane: dp };
+  const keepalive = intOption(cfg, 'PersistentKeepaliveInterval', 0, 0, 65535);
+  return { vni, port, directRouting: dr === true, mtu, dataplane: dp, keepalive };
 }

@@ -9,7 +9,13 @@
  * destinations with ICMP net unreachable). DirectRouting peers get a kernel route via the
  * underlay instead, as in the kernel plane. The forwarder validates every received frame
  * (VNI, destination MAC, EtherType, truncation) and counts drops by reason.
+ *
+ * Like the udp backend, the plane checks its TUN device every second (TunWatch from the udp
+ * backend): a deleted device is opened again with address, MTU and route, and a fresh
+ * forwarder with the same peers and counters takes over.
  */
+import { setInterfaceSysctl } from '../../kernel/sysctl.ts';
+import { userspaceDataplaneInfo } from '../userspace-info.ts';
 import type { DataplaneInfo } from '../backend.ts';
 import { openConn } from '../../conn/native-conn.ts';
 import type { PacketConn } from '../../conn/conn.ts';
@@ -23,6 +29,7 @@ import type { Lease } from '../../lease/types.ts';
 import { openTun } from '../../tun/native-tun.ts';
 import type { TunDevice } from '../../tun/tun.ts';
 import type { Logger } from '../../util/log.ts';
+import { DEFAULT_DEVICE_CHECK_MS, forwarderWithTun, tunProblem, TunWatch } from '../udp/udp.ts';
 import type { VxlanDataplane } from './dataplane.ts';
 import type { VxlanPeerPlan } from './plan.ts';
 import { macBytes, samePlan, vxlanAddOps, vxlanRemoveOps } from './plan.ts';
@@ -42,9 +49,19 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
   private readonly inForwarder = new Map<string, Peer>();
   /** Kernel routes for DirectRouting peers only (others need no kernel state). */
   private readonly direct: PeerReconciler<VxlanPeerPlan>;
+  /** Kernel index of our TUN device (a new index under our name means ours was deleted). */
+  private tunIndex = -1;
+  private readonly watch: TunWatch;
+  private deviceRecreated = 0;
+  private deviceRepaired = 0;
+  private deviceRepairFailures = 0;
 
-  constructor(p: UserspacePlaneParams) {
+  /** `opts.deviceCheckMs`: how often to check the TUN device (default 1000 ms; 0 = never). */
+  constructor(p: UserspacePlaneParams, opts: { readonly deviceCheckMs?: number } = {}) {
     this.p = p;
+    this.watch = new TunWatch(opts.deviceCheckMs ?? DEFAULT_DEVICE_CHECK_MS, (full) =>
+      this.checkDevice(full),
+    );
     this.device = p.plan.dev;
     this.log = p.ctx.log.child({ component: 'vxlan-userspace' });
     this.direct = new PeerReconciler<VxlanPeerPlan>({
@@ -78,6 +95,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
         { op: 'route-replace', route: { dst: ctx.network.network, dev: name } },
       );
       await kernel.apply(ops);
+      setInterfaceSysctl(name, 'accept_local', '1');
       const conn = openConn({ bindAddr: ctx.underlay.addr, port: options.port, offloads: ctx.offloads });
       this.conn = conn;
       const vtep = macBytes(this.p.mac);
@@ -88,8 +106,11 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
         local: { subnet: lease.subnet, tunAddr: lease.subnet.addr, vtepMac: vtep },
         port: options.port,
         checkPeerPort: false,
+        keepaliveIntervalMs: options.keepalive * 1000,
       });
       this.fwd.start();
+      this.tunIndex = (await kernel.getLink(name))?.index ?? -1;
+      this.watch.start();
     } catch (err) {
       this.closeDevices();
       throw err;
@@ -136,26 +157,68 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
     return this.direct.settled();
   }
 
+  /** Checks the TUN device now and repairs it if needed (tests; also every deviceCheckMs). */
+  checkDeviceNow(): Promise<void> {
+    return this.watch.tick();
+  }
+
+  private async checkDevice(full: boolean): Promise<void> {
+    const lease = this.lease;
+    const conn = this.conn;
+    if (!lease || !conn) return;
+    const { kernel, ctx, mtu } = this.p;
+    const name = this.device;
+    const net = ctx.network.network;
+    try {
+      const problem = this.tun
+        ? await tunProblem(kernel, name, lease.subnet.addr, this.tunIndex, net, full)
+        : 'gone';
+      if (problem === undefined) return;
+      const reopen = problem === 'gone' || problem === 'replaced';
+      if (reopen) {
+        // Our fd is detached from a deleted device: a new device needs a new fd.
+        this.fwd?.stop();
+        this.tun?.close();
+        this.tun = undefined;
+        if (await kernel.getLink(name)) await kernel.apply([{ op: 'link-del', name }]);
+        this.tun = openTun({ name, mtu, offloads: ctx.offloads });
+      }
+      await kernel.apply([
+        { op: 'addr-replace', dev: name, addr: { addr: lease.subnet.addr, prefix: 32 } },
+        { op: 'link-up', name, mtu },
+        { op: 'route-replace', route: { dst: net, dev: name } },
+      ]);
+      setInterfaceSysctl(name, 'accept_local', '1');
+      this.tunIndex = (await kernel.getLink(name))?.index ?? -1;
+      if (reopen && this.fwd && this.tun) {
+        const fwd = forwarderWithTun(this.fwd, this.tun, conn);
+        fwd.setPeers(this.inForwarder.values());
+        this.fwd = fwd;
+        fwd.start();
+        this.deviceRecreated++;
+      } else this.deviceRepaired++;
+      this.log.warn(
+        { device: name, problem, recreated: reopen, peers: this.inForwarder.size },
+        reopen
+          ? 'the TUN device was gone; recreated it (address, MTU, route) and resumed forwarding'
+          : 'the TUN device had lost its settings; put address, MTU and route back',
+      );
+    } catch (err) {
+      this.deviceRepairFailures++;
+      this.log.error(
+        { err, device: name },
+        'could not repair the TUN device; trying again at the next check',
+      );
+    }
+  }
+
   /** The forwarder (tests, status). */
   get forwarder(): Forwarder | undefined {
     return this.fwd;
   }
 
   dataplaneInfo(): DataplaneInfo {
-    const t = this.tun?.offloads;
-    const c = this.conn?.offloads;
-    return {
-      dataplane: 'userspace',
-      forwarder: this.fwd?.snapshot(),
-      offloads: {
-        tunVnetHdr: t?.vnetHdr ?? false,
-        tunTso: t?.tso ?? false,
-        tunUso: t?.uso ?? false,
-        tunGro: t?.gro ?? false,
-        udpGso: c?.gso ?? false,
-        udpGro: c?.gro ?? false,
-      },
-    };
+    return userspaceDataplaneInfo(this.fwd, this.tun, this.conn);
   }
 
   stats(): Record<string, number | Record<string, number>> {
@@ -164,6 +227,9 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       peers: this.inForwarder.size + this.direct.installedPlans().size,
       peersDirect: this.direct.installedPlans().size,
       kernelFailures: this.direct.counters.failures,
+      deviceRecreated: this.deviceRecreated,
+      deviceRepaired: this.deviceRepaired,
+      deviceRepairFailures: this.deviceRepairFailures,
     };
     if (fwd) {
       const s = fwd.snapshot();
@@ -174,6 +240,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
   }
 
   async stop(): Promise<void> {
+    await this.watch.stop();
     await this.direct.stop();
     await this.direct.removeAll();
     this.closeDevices();

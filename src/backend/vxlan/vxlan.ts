@@ -13,7 +13,7 @@ import type { KernelNet } from '../../kernel/kernel.ts';
 import { IpRouteKernel } from '../../kernel/iproute.ts';
 import type { Lease, LeaseEvent } from '../../lease/types.ts';
 import { cidrToKey, formatCidr } from '../../routing/ipv4.ts';
-import { ConfigError, DeviceError } from '../../util/errors.ts';
+import { DeviceError } from '../../util/errors.ts';
 import type { VxlanDataplane } from './dataplane.ts';
 import { KernelVxlanPlane } from './kernel-plane.ts';
 import type { VxlanOptions } from './options.ts';
@@ -21,6 +21,7 @@ import { parseVxlanOptions, VXLAN_OVERHEAD } from './options.ts';
 import type { VxlanLeaseData, VxlanPlanContext } from './plan.ts';
 import { planVxlanPeer } from './plan.ts';
 import { loadOrCreateVtepMac } from './vtep-mac.ts';
+import { backendMtu } from '../../daemon/netconf.ts';
 
 /** What a userspace plane factory receives. */
 export interface UserspacePlaneParams {
@@ -83,13 +84,8 @@ export class VxlanBackend implements Backend {
     const opts = parseVxlanOptions(this.ctx.network.backend);
     this.options = opts;
     this.mac = loadOrCreateVtepMac(this.ctx.stateDir);
-    this.mtu = opts.mtu ?? this.ctx.underlay.mtu - VXLAN_OVERHEAD;
-    if (this.mtu < 576) {
-      throw new ConfigError(
-        'Backend.MTU',
-        `MTU ${this.mtu} is too small (underlay ${this.ctx.underlay.iface} has MTU ${this.ctx.underlay.mtu}); set Backend.MTU or use a larger underlay MTU`,
-      );
-    }
+    // Backend.MTU, or underlay - 50; checked to fit the underlay (src/daemon/netconf.ts).
+    this.mtu = backendMtu(this.ctx.network.backend, this.ctx.underlay, VXLAN_OVERHEAD);
     if (opts.dataplane === 'auto') {
       const available = await this.kernel.vxlanAvailable();
       this.dataplane = available ? 'kernel' : 'userspace';

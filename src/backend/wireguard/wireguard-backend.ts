@@ -27,6 +27,7 @@ import { cidrToKey, formatCidr, parseIpv4 } from '../../routing/ipv4.ts';
 import type { Ipv4Cidr } from '../../routing/ipv4.ts';
 import { IpRouteKernel } from '../../kernel/iproute.ts';
 import type { KernelNet } from '../../kernel/kernel.ts';
+import { backendMtu } from '../../daemon/netconf.ts';
 
 export const WIREGUARD_DEFAULT_PORT = 51820;
 /** IPv4 (20) + UDP (8) + WireGuard data header (16) + auth tag (16) = 60; flannel reserves 80. */
@@ -101,7 +102,7 @@ export function parseWireguardOptions(backend: Record<string, unknown>, stateDir
     listenPort,
     psk: psk,
     keepalive: optInt(backend, 'PersistentKeepaliveInterval', 0, 65535) ?? 0,
-    mtu: optInt(backend, 'MTU', 576, 65535),
+    mtu: backend.MTU === 0 ? undefined : optInt(backend, 'MTU', 576, 65535),
     keyFile,
     iface,
     implementation: impl,
@@ -162,6 +163,8 @@ export class WireguardBackend implements Backend {
   }
 
   prepare(): Promise<PreparedBackend> {
+    // Backend.MTU must fit the underlay after WireGuard's overhead (ConfigError otherwise).
+    const mtu = backendMtu(this.ctx.network.backend, this.ctx.underlay, WIREGUARD_OVERHEAD);
     const k = loadOrCreateKey(this.opts.keyFile);
     this.keys = k;
     this.ctx.log.info(
@@ -171,12 +174,12 @@ export class WireguardBackend implements Backend {
     return Promise.resolve({
       backendType: 'wireguard',
       backendData: { PublicKey: k.publicKey, Port: this.opts.listenPort },
-      mtu: this.opts.mtu ?? this.ctx.underlay.mtu - WIREGUARD_OVERHEAD,
+      mtu,
     });
   }
 
   private get mtu(): number {
-    return this.opts.mtu ?? this.ctx.underlay.mtu - WIREGUARD_OVERHEAD;
+    return backendMtu(this.ctx.network.backend, this.ctx.underlay, WIREGUARD_OVERHEAD);
   }
 
   async start(lease: Lease, signal: AbortSignal): Promise<void> {
