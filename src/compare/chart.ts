@@ -1,7 +1,8 @@
 /**
  * A self-contained SVG chart of a comparison: one panel of horizontal bars per metric
- * (TCP throughput, ping RTT p50 with the p99 as a whisker, small-packet rate), one bar per
- * path. Opens in any browser; no dependencies.
+ * (TCP throughput, ping RTT p50 with the p99 as a whisker, small-packet rate; TCP with 4
+ * streams and UDP request/response RTT when measured), one bar per path. Opens in any
+ * browser; no dependencies.
  */
 import type { PathResult } from './measure.ts';
 
@@ -12,6 +13,8 @@ interface Panel {
   readonly whisker?: (r: PathResult) => number | undefined;
   readonly color: string;
   readonly digits: number;
+  /** Drawn only when some result has a value (fields only bench/run.ts measures). */
+  readonly optional?: boolean;
 }
 
 const PANELS: readonly Panel[] = [
@@ -23,12 +26,29 @@ const PANELS: readonly Panel[] = [
     digits: 2,
   },
   {
+    title: 'TCP throughput, 4 streams (higher is better)',
+    unit: 'Gbit/s',
+    value: (r) => r.tcp4Gbps,
+    color: '#2a5ca8',
+    digits: 2,
+    optional: true,
+  },
+  {
     title: 'Ping RTT p50, whisker to p99 (lower is better)',
     unit: 'µs',
     value: (r) => r.rttP50Us,
     whisker: (r) => r.rttP99Us,
     color: '#e08a1e',
     digits: 0,
+  },
+  {
+    title: 'UDP request/response RTT p50, whisker to p99 (lower is better)',
+    unit: 'µs',
+    value: (r) => r.udpRttP50Us,
+    whisker: (r) => r.udpRttP99Us,
+    color: '#c0602a',
+    digits: 0,
+    optional: true,
   },
   {
     title: '64-byte UDP packets received per second (higher is better)',
@@ -54,7 +74,8 @@ export function renderChart(results: readonly PathResult[], title = 'weft compar
   parts.push(
     `<text x="${width / 2}" y="24" text-anchor="middle" font-size="16" font-weight="bold">${esc(title)}</text>`,
   );
-  for (const panel of PANELS) {
+  const panels = PANELS.filter((p) => !p.optional || results.some((r) => p.value(r) !== undefined));
+  for (const panel of panels) {
     const vals = results.map((r) => Math.max(panel.value(r) ?? 0, panel.whisker?.(r) ?? 0));
     const max = Math.max(1e-9, ...vals);
     parts.push(`<text x="10" y="${y + 14}" font-size="13" font-weight="bold">${esc(panel.title)}</text>`);

@@ -1,8 +1,11 @@
 /**
  * Measures one path (src/compare/paths.ts) on a fresh 2-node cluster: ping RTT p50/p99,
- * TCP throughput (iperf3, 1 stream), small-packet rate (iperf3 UDP, 64-byte payloads,
- * unlimited offered load: packets/s received and loss), the effective pod MTU, and the
- * CPU the forwarder processes (weftd on both nodes) spent per second and per Gbit/s.
+ * TCP throughput (iperf3, 1 stream, and optionally 4 streams), optionally a UDP
+ * request/response RTT p50/p99 (sockperf ping-pong), small-packet rate (iperf3 UDP, 64-byte
+ * payloads, unlimited offered load: packets/s received and loss), the effective pod MTU,
+ * and the CPU the forwarder processes (weftd and its children on both nodes, or what the
+ * path names) spent per second and per Gbit/s. `measureRounds` repeats the measurements on
+ * one cluster (bench/run.ts takes medians); `measurePath` is one round (`weft compare`).
  */
 import { readFileSync } from 'node:fs';
 import { NetnsRun } from '../netns/netns.ts';
@@ -20,6 +23,11 @@ export interface PathResult {
   readonly rttP99Us?: number;
   readonly tcpGbps?: number;
   readonly tcpRetransmits?: number;
+  /** iperf3 -P 4 (only when MeasureOptions.tcp4). */
+  readonly tcp4Gbps?: number;
+  /** UDP request/response round trip, 64-byte messages (only when MeasureOptions.udpRr). */
+  readonly udpRttP50Us?: number;
+  readonly udpRttP99Us?: number;
   readonly smallPps?: number;
   readonly smallLossPct?: number;
   /** CPU of the forwarder processes during the TCP test, in cores (1.0 = one core busy). */
@@ -29,11 +37,18 @@ export interface PathResult {
   readonly error?: string;
 }
 
+/** The figures of one round of measurements (PathResult without the path's description). */
+export type RoundResult = Omit<PathResult, 'id' | 'name' | 'how' | 'overheadBytes' | 'mtu' | 'error'>;
+
 export interface MeasureOptions {
   /** Seconds per throughput test. */
   readonly seconds: number;
   /** Pings for the RTT percentiles. */
   readonly pings: number;
+  /** Also measure TCP with 4 parallel streams. */
+  readonly tcp4?: boolean;
+  /** Also measure UDP request/response RTT (sockperf ping-pong, `seconds` long). */
+  readonly udpRr?: boolean;
   readonly progress?: (step: string) => void;
 }
 
@@ -47,14 +62,51 @@ export function percentile(xs: readonly number[], p: number): number {
 const CLK_TCK = 100;
 
 /** utime+stime of a process (all threads), in seconds; 0 if it is gone. */
-function cpuSeconds(pid: number | undefined): number {
-  if (!pid || pid < 0) return 0;
+function cpuSeconds(pid: number): number {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
     return (Number(fields[11]) + Number(fields[12])) / CLK_TCK;
   } catch {
     return 0;
+  }
+}
+
+/** `pid` and all its live descendants (weftd's wireguard-go, a shell's background job). */
+function withDescendants(pid: number): number[] {
+  const out: number[] = [];
+  const todo = [pid];
+  while (todo.length > 0) {
+    const p = todo.pop() as number;
+    out.push(p);
+    let tids: string[] = [];
+    try {
+      tids = readFileSync(`/proc/${p}/task/${p}/children`, 'utf8').trim().split(/\s+/);
+    } catch {
+      continue;
+    }
+    for (const c of tids) if (Number(c) > 0) todo.push(Number(c));
+  }
+  return out;
+}
+
+function forwarderPids(path: PathSpec, cluster: Cluster): number[] {
+  const roots = path.forwarderPids
+    ? path.forwarderPids(cluster)
+    : cluster.nodes.map((n) => n.weftd?.pid ?? -1);
+  return roots.filter((p) => p > 0).flatMap(withDescendants);
+}
+
+async function waitListening(
+  server: { output(): string; child: { exitCode: number | null } },
+  word: string,
+  what: string,
+): Promise<void> {
+  const deadline = Date.now() + 10_000;
+  while (!server.output().includes(word)) {
+    if (Date.now() > deadline || server.child.exitCode !== null)
+      throw new Error(`${what}: ${server.output()}`);
+    await new Promise((r) => setTimeout(r, 20));
   }
 }
 
@@ -67,12 +119,7 @@ async function udpSmallPackets(
   const port = 5999;
   const server = cluster.run.spawn(to.ns, 'iperf3', ['-s', '-1', '--forceflush', '-p', String(port)]);
   try {
-    const deadline = Date.now() + 10_000;
-    while (!server.output().includes('listening')) {
-      if (Date.now() > deadline || server.child.exitCode !== null)
-        throw new Error(`iperf3 server: ${server.output()}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
+    await waitListening(server, 'listening', 'iperf3 server');
     const out = await cluster.run.exec(
       from.ns,
       'iperf3',
@@ -92,11 +139,159 @@ async function udpSmallPackets(
   }
 }
 
-export async function measurePath(path: PathSpec, opts: MeasureOptions): Promise<PathResult> {
+/** iperf3 TCP with `streams` parallel streams; Gbit/s received. */
+async function tcpStreams(
+  cluster: Cluster,
+  from: Pod,
+  to: Pod,
+  seconds: number,
+  streams: number,
+): Promise<number> {
+  const port = 5998;
+  const server = cluster.run.spawn(to.ns, 'iperf3', ['-s', '-1', '--forceflush', '-p', String(port)]);
+  try {
+    await waitListening(server, 'listening', 'iperf3 server');
+    const out = await cluster.run.exec(
+      from.ns,
+      'iperf3',
+      ['-c', to.addr, '-p', String(port), '-P', String(streams), '-t', String(seconds), '-J'],
+      { timeoutMs: (seconds + 20) * 1000 },
+    );
+    const j = JSON.parse(out) as { end?: { sum_received?: { bits_per_second?: number } }; error?: string };
+    const bps = j.end?.sum_received?.bits_per_second;
+    if (j.error || bps === undefined) throw new Error(`iperf3 -P ${streams}: ${j.error ?? 'no result'}`);
+    return bps / 1e9;
+  } finally {
+    await server.stop('SIGKILL', 1000);
+  }
+}
+
+/** Parses sockperf ping-pong output ("---> percentile 50.000 =   29.059", µs). */
+export function parseSockperf(out: string): { p50Us: number; p99Us: number } {
+  const pct = (p: string): number => {
+    const m = new RegExp(`percentile ${p.replace('.', '\\.')} =\\s*([\\d.]+)`).exec(out);
+    if (!m)
+      throw new Error(`sockperf printed no ${p} percentile: ${out.trim().split('\n').slice(-3).join(' / ')}`);
+    return Number(m[1]);
+  };
+  return { p50Us: pct('50.000'), p99Us: pct('99.000') };
+}
+
+/** UDP request/response RTT: sockperf ping-pong, 64-byte messages, full round trip. */
+async function udpRequestResponse(
+  cluster: Cluster,
+  from: Pod,
+  to: Pod,
+  seconds: number,
+): Promise<{ p50Us: number; p99Us: number }> {
+  const port = 5997;
+  const server = cluster.run.spawn(to.ns, 'sockperf', ['server', '-i', to.addr, '-p', String(port)]);
+  try {
+    // sockperf's stdout is block-buffered into a pipe: watch for its socket instead.
+    const deadline = Date.now() + 10_000;
+    while ((await cluster.run.exec(to.ns, 'ss', ['-Hlun', `sport = :${port}`])).trim() === '') {
+      if (Date.now() > deadline || server.child.exitCode !== null)
+        throw new Error(`sockperf server did not start: ${server.output()}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    const out = await cluster.run.exec(
+      from.ns,
+      'sockperf',
+      [
+        'ping-pong',
+        '-i',
+        to.addr,
+        '-p',
+        String(port),
+        '-t',
+        String(seconds),
+        '--msg-size',
+        '64',
+        '--full-rtt',
+      ],
+      { timeoutMs: (seconds + 20) * 1000 },
+    );
+    return parseSockperf(out);
+  } finally {
+    await server.stop('SIGKILL', 1000);
+  }
+}
+
+/** One round of every measurement on a wired cluster, from pod `a` to pod `b`. */
+async function measureRound(
+  path: PathSpec,
+  cluster: Cluster,
+  a: Pod,
+  b: Pod,
+  opts: MeasureOptions,
+  progress: (step: string) => void,
+): Promise<RoundResult> {
+  progress(`ping x${opts.pings}`);
+  const ping = await cluster.ping(a, b.addr, { count: opts.pings, intervalS: 0.01, waitS: 1 });
+  if (ping.rtts.length === 0) throw new Error(`no ping replies:\n${ping.output}`);
+
+  progress(`TCP ${opts.seconds} s`);
+  const pids = forwarderPids(path, cluster);
+  const cpu0 = pids.reduce((s, p) => s + cpuSeconds(p), 0);
+  const t0 = process.hrtime.bigint();
+  const tcp = await cluster.iperf(a, b, opts.seconds);
+  const wall = Number(process.hrtime.bigint() - t0) / 1e9;
+  const cpu = pids.reduce((s, p) => s + cpuSeconds(p), 0) - cpu0;
+
+  let tcp4Gbps: number | undefined;
+  if (opts.tcp4) {
+    progress(`TCP x4 ${opts.seconds} s`);
+    tcp4Gbps = await tcpStreams(cluster, a, b, opts.seconds, 4);
+  }
+  let rr: { p50Us: number; p99Us: number } | undefined;
+  if (opts.udpRr) {
+    progress(`UDP request/response ${opts.seconds} s`);
+    rr = await udpRequestResponse(cluster, a, b, opts.seconds);
+  }
+  progress(`64-byte UDP ${opts.seconds} s`);
+  const small = await udpSmallPackets(cluster, a, b, opts.seconds);
+  const userspace = path.userspace && pids.length > 0;
+  return {
+    rttP50Us: percentile(ping.rtts, 50) * 1000,
+    rttP99Us: percentile(ping.rtts, 99) * 1000,
+    tcpGbps: tcp.gbps,
+    tcpRetransmits: tcp.retransmits,
+    ...(tcp4Gbps !== undefined ? { tcp4Gbps } : {}),
+    ...(rr ? { udpRttP50Us: rr.p50Us, udpRttP99Us: rr.p99Us } : {}),
+    smallPps: small.pps,
+    smallLossPct: small.lossPct,
+    ...(userspace
+      ? { forwarderCpu: cpu / wall, cpuSecondsPerGbit: cpu / Math.max(1e-9, tcp.gbps * opts.seconds) }
+      : {}),
+  };
+}
+
+export interface RoundsResult {
+  readonly id: string;
+  readonly name: string;
+  readonly how: string;
+  readonly overheadBytes: number;
+  readonly mtu?: number;
+  /** The rounds that completed (all of them unless `error` is set). */
+  readonly rounds: RoundResult[];
+  readonly error?: string;
+}
+
+/**
+ * Builds a fresh 2-node cluster, wires it for `path` and runs `runs` rounds of
+ * measurements on it; the cluster is torn down whatever happens.
+ */
+export async function measureRounds(
+  path: PathSpec,
+  runs: number,
+  opts: MeasureOptions,
+): Promise<RoundsResult> {
   const base = { id: path.id, name: path.name, how: path.how, overheadBytes: path.overheadBytes };
   const progress = opts.progress ?? (() => undefined);
   const run = new NetnsRun();
+  const rounds: RoundResult[] = [];
   let cluster: Cluster | undefined;
+  let mtu: number | undefined;
   try {
     progress('building 2 nodes');
     cluster = await Cluster.create(run, { nodes: 2, podsPerNode: 1 });
@@ -106,39 +301,27 @@ export async function measurePath(path: PathSpec, opts: MeasureOptions): Promise
     const b = cluster.node(2).pods[0];
     if (!a || !b) throw new Error('the topology has no pods');
     await cluster.waitForPing(a, b.addr, 15_000);
-    const mtu = cluster.node(1).subnet?.mtu;
-
-    progress(`ping x${opts.pings}`);
-    const ping = await cluster.ping(a, b.addr, { count: opts.pings, intervalS: 0.01, waitS: 1 });
-    if (ping.rtts.length === 0) throw new Error(`no ping replies:\n${ping.output}`);
-
-    progress(`TCP ${opts.seconds} s`);
-    const pids = cluster.nodes.map((n) => n.weftd?.pid);
-    const cpu0 = pids.reduce<number>((s, p) => s + cpuSeconds(p), 0);
-    const t0 = process.hrtime.bigint();
-    const tcp = await cluster.iperf(a, b, opts.seconds);
-    const wall = Number(process.hrtime.bigint() - t0) / 1e9;
-    const cpu = pids.reduce<number>((s, p) => s + cpuSeconds(p), 0) - cpu0;
-
-    progress(`64-byte UDP ${opts.seconds} s`);
-    const small = await udpSmallPackets(cluster, a, b, opts.seconds);
-    const userspace = path.userspace && pids.every((p) => p !== undefined);
+    mtu = cluster.node(1).subnet?.mtu;
+    for (let i = 0; i < runs; i++) {
+      const prefix = runs > 1 ? `run ${i + 1}/${runs}: ` : '';
+      rounds.push(await measureRound(path, cluster, a, b, opts, (s) => progress(prefix + s)));
+    }
+    return { ...base, ...(mtu !== undefined ? { mtu } : {}), rounds };
+  } catch (err) {
     return {
       ...base,
-      mtu,
-      rttP50Us: percentile(ping.rtts, 50) * 1000,
-      rttP99Us: percentile(ping.rtts, 99) * 1000,
-      tcpGbps: tcp.gbps,
-      tcpRetransmits: tcp.retransmits,
-      smallPps: small.pps,
-      smallLossPct: small.lossPct,
-      ...(userspace
-        ? { forwarderCpu: cpu / wall, cpuSecondsPerGbit: cpu / Math.max(1e-9, tcp.gbps * opts.seconds) }
-        : {}),
+      ...(mtu !== undefined ? { mtu } : {}),
+      rounds,
+      error: (err as Error).message.split('\n')[0] ?? String(err),
     };
-  } catch (err) {
-    return { ...base, error: (err as Error).message.split('\n')[0] ?? String(err) };
   } finally {
     await (cluster ? cluster.destroy() : run.destroy());
   }
+}
+
+export async function measurePath(path: PathSpec, opts: MeasureOptions): Promise<PathResult> {
+  const r = await measureRounds(path, 1, opts);
+  const { rounds, ...rest } = r;
+  if (r.error !== undefined) return rest;
+  return { ...rest, ...rounds[0] };
 }

@@ -17,6 +17,11 @@ export interface PathSpec {
   /** True when a weftd process forwards (so its CPU time is the forwarder's). */
   readonly userspace: boolean;
   setup(cluster: Cluster): Promise<void>;
+  /**
+   * PIDs of the forwarder processes once `setup` has run (their descendants count too).
+   * Default: weftd on every node. Paths that forward with other programs (bench/refs/) say so.
+   */
+  forwarderPids?(cluster: Cluster): number[];
 }
 
 /** wireguard with per-node device names, so several wireguard-go instances share one host. */

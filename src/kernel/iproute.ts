@@ -249,6 +249,19 @@ export class IpRouteKernel implements KernelNet {
   }
 
   private async runBatch(tool: OpTool, lines: readonly string[], deletes: boolean): Promise<void> {
+    if (tool === 'sysctl') {
+      // sysctl has no batch mode and no -n: one call per setting, inside the netns if any.
+      for (const line of lines) {
+        const args = ['-q', ...line.split(' ')];
+        const res = this.netns
+          ? await exec('ip', ['netns', 'exec', this.netns, 'sysctl', ...args], undefined, this.timeoutMs)
+          : await exec('sysctl', args, undefined, this.timeoutMs);
+        if (res.code !== 0) {
+          throw new KernelError(`"sysctl ${line}" failed: ${res.stderr.trim() || `exit ${res.code}`}`);
+        }
+      }
+      return;
+    }
     const flags = deletes ? ['-force', '-batch', '-'] : ['-batch', '-'];
     const res = await exec(tool, this.args(flags), lines.join('\n') + '\n', this.timeoutMs);
     if (res.code === 0) return;

@@ -80,9 +80,11 @@ export type KernelOp =
   | { readonly op: 'neigh-replace'; readonly neigh: NeighSpec }
   | { readonly op: 'neigh-del'; readonly neigh: Omit<NeighSpec, 'lladdr'> }
   | { readonly op: 'fdb-append'; readonly fdb: FdbSpec }
-  | { readonly op: 'fdb-del'; readonly fdb: FdbSpec };
+  | { readonly op: 'fdb-del'; readonly fdb: FdbSpec }
+  /** An IPv4 setting of one interface (net/ipv4/conf/<dev>/<key>), e.g. accept_local. */
+  | { readonly op: 'iface-sysctl'; readonly dev: string; readonly key: string; readonly value: string };
 
-export const OpTool = { ip: 'ip', bridge: 'bridge' } as const;
+export const OpTool = { ip: 'ip', bridge: 'bridge', sysctl: 'sysctl' } as const;
 export type OpTool = (typeof OpTool)[keyof typeof OpTool];
 
 export interface KernelNet {
@@ -163,6 +165,9 @@ export function renderOp(op: KernelOp): { tool: OpTool; line: string } {
         tool: 'bridge',
         line: `fdb del ${op.fdb.mac} dev ${op.fdb.dev} dst ${formatIpv4(op.fdb.dst)}`,
       };
+    case 'iface-sysctl':
+      // Slashes, not dots: device names such as weft.1 contain dots.
+      return { tool: 'sysctl', line: `-w net/ipv4/conf/${op.dev}/${op.key}=${op.value}` };
   }
 }
 

@@ -127,6 +127,9 @@ export class RecordingKernel implements KernelNet {
     return undefined;
   }
 
+  /** Interface sysctls set through iface-sysctl ops, keyed "<dev>/<key>". */
+  readonly sysctls = new Map<string, string>();
+
   private applyOne(op: KernelOp): void {
     const line = describeOp(op);
     switch (op.op) {
@@ -153,6 +156,11 @@ export class RecordingKernel implements KernelNet {
       case 'link-del':
         this.dropLink(op.name);
         return;
+      case 'iface-sysctl': {
+        this.need(op.dev, line);
+        this.sysctls.set(`${op.dev}/${op.key}`, op.value);
+        return;
+      }
       case 'link-up': {
         const l = this.need(op.name, line);
         l.info = { ...l.info, up: true, ...(op.mtu !== undefined ? { mtu: op.mtu } : {}) };

@@ -189,6 +189,20 @@ export function createMetrics(src: MetricsSources): Registry {
     },
   });
   new Counter({
+    name: 'weft_dataplane_keepalives_total',
+    help: 'NAT keepalive datagrams (Backend.PersistentKeepaliveInterval), by direction (sent, received, send_failed)',
+    labelNames: ['direction'],
+    registers: r,
+    collect() {
+      this.reset();
+      const c = src.forwarder()?.counters;
+      if (!c) return;
+      setCounter(this, { direction: 'sent' }, c.keepaliveSent ?? 0);
+      setCounter(this, { direction: 'received' }, c.keepaliveReceived ?? 0);
+      setCounter(this, { direction: 'send_failed' }, c.keepaliveSendFailed ?? 0);
+    },
+  });
+  new Counter({
     name: 'weft_dataplane_icmp_unreachable_total',
     help: 'ICMP net-unreachable replies written back to the TUN (no route)',
     registers: r,

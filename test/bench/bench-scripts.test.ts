@@ -121,12 +121,18 @@ void test('bench/micro.ts --quick prints ops/s, ns/op, ±% and bytes/op for ever
 });
 
 void test('bench/fuzz.ts runs N seeded cases through both directions and passes', async () => {
-  const r = await runScript('fuzz.ts', ['--cases', '4000', '--seed', '12345']);
+  const r = await runScript('fuzz.ts', ['--cases', '3000', '--seed', '12345']);
   assert.equal(r.code, 0, `exit code ${r.code}\n${r.stdout}\n${r.stderr}`);
   assert.match(r.stdout, /seed 12345/);
-  assert.match(r.stdout, /^udp: 2000 cases \(\d+ valid interleaved\) in [\d.]+ s: \d+ cases\/s$/m);
-  assert.match(r.stdout, /^vxlan: 2000 cases \(\d+ valid interleaved\) in [\d.]+ s: \d+ cases\/s$/m);
-  assert.match(r.stdout, /^total: 4000 cases in [\d.]+ s, \d+ cases\/s$/m);
+  assert.match(
+    r.stdout,
+    /^udp: 1500 cases \(\d+ valid interleaved\) in [\d.]+ s: \d+ cases\/s(?:; \d+ NAT keepalives counted as such)?$/m,
+  );
+  assert.match(
+    r.stdout,
+    /^vxlan: 1500 cases \(\d+ valid interleaved\) in [\d.]+ s: \d+ cases\/s(?:; \d+ NAT keepalives counted as such)?$/m,
+  );
+  assert.match(r.stdout, /^total: 3000 cases in [\d.]+ s, \d+ cases\/s$/m);
   assert.match(r.stdout, /^PASS$/m);
   // The drop-reason table: one row per reason, and it agrees with the JSON summary.
   const summary = jsonLine(r.stdout) as {
@@ -137,7 +143,7 @@ void test('bench/fuzz.ts runs N seeded cases through both directions and passes'
       { cases: number; valid: number; casesPerSec: number; drops: Record<string, number> }
     >;
   };
-  assert.equal(summary.cases, 4000);
+  assert.equal(summary.cases, 3000);
   assert.equal(summary.pass, true);
   for (const name of DROP_REASON_NAMES.slice(1)) {
     const m = new RegExp(`^${name} +(\\d+)$`, 'm').exec(r.stdout);
@@ -164,9 +170,9 @@ void test('bench/fuzz.ts runs N seeded cases through both directions and passes'
   ]) {
     assert.ok((vx[name] ?? 0) > 0, `vxlan: no ${name} drops`);
   }
-  assert.ok((summary.perKind.udp?.valid ?? 0) > 500, 'valid packets interleaved');
+  assert.ok((summary.perKind.udp?.valid ?? 0) > 300, 'valid packets interleaved');
   // Reproducible: the vxlan half of that run used stream seed 12346; alone it gives the same books.
-  const again = await runScript('fuzz.ts', ['--cases', '2000', '--seed', '12346', '--encap', 'vxlan']);
+  const again = await runScript('fuzz.ts', ['--cases', '1500', '--seed', '12346', '--encap', 'vxlan']);
   assert.equal(again.code, 0, again.stdout);
   const s2 = jsonLine(again.stdout) as typeof summary;
   assert.deepEqual(s2.perKind.vxlan, {

@@ -95,6 +95,7 @@ void test('start configures the TUN like flannel, peers forward packets both way
     'ip addr replace 10.50.1.0/32 dev wtest0',
     'ip link set wtest0 mtu 1472 up',
     'ip route replace 10.50.0.0/16 dev wtest0',
+    'sysctl -w net/ipv4/conf/wtest0/accept_local=1',
   ]);
   assert.deepEqual(a.opened.tun, { name: 'wtest0', mtu: 1472, offloads: true });
   assert.deepEqual(a.opened.conn, { bindAddr: parseIpv4('198.18.0.1'), port: 9285, offloads: true });

@@ -54,7 +54,8 @@ void test('weftd on a real etcd: join, leave and restart under traffic', { timeo
     await until(
       `a ping reply from ${tunAddr}`,
       5_000,
-      async () => ((await cluster.ping(a, tunAddr, { count: 1, waitS: 0.2 })).received > 0 ? true : undefined),
+      async () =>
+        (await cluster.ping(a, tunAddr, { count: 1, waitS: 0.2 })).received > 0 ? true : undefined,
       0,
     );
     const ms = Date.now() - t0;
@@ -94,7 +95,9 @@ void test('weftd on a real etcd: join, leave and restart under traffic', { timeo
     assert.equal(await stopped, 0, 'weftd on node 4 did not exit cleanly on SIGTERM');
     const dropped = await Promise.all(gone);
     const ms = Math.max(...dropped) - t0;
-    t.diagnostic(`leave: key deleted -> dropped everywhere ${ms} ms (last poll still seeing the key: ${t0 - sigterm} ms after SIGTERM)`);
+    t.diagnostic(
+      `leave: key deleted -> dropped everywhere ${ms} ms (last poll still seeing the key: ${t0 - sigterm} ms after SIGTERM)`,
+    );
     assert.ok(ms <= 1000, `the other nodes kept node 4's route ${ms} ms after its key went away`);
     // Traffic to the departed subnet now ends at node 1's forwarder: dropped for "no route".
     const noRoute = 'weft_dataplane_drops_total{reason="no_route"}';

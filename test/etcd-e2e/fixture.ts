@@ -77,10 +77,10 @@ export async function createEtcdWorld(
 ): Promise<EtcdWorld> {
   const run = new NetnsRun();
   const cluster = await Cluster.create(run, { nodes: opts.nodes, podsPerNode: opts.podsPerNode ?? 1 });
-  let etcd: EtcdCluster | undefined;
+  const started: { etcd?: EtcdCluster } = {};
   const destroy = async (): Promise<void> => {
     try {
-      await etcd?.stop();
+      await started.etcd?.stop();
     } finally {
       await cluster.destroy();
     }
@@ -88,7 +88,8 @@ export async function createEtcdWorld(
   t.after(destroy);
   const hosts = Array.from({ length: opts.members }, (_, i) => `198.18.0.${250 + i}`);
   const etcdNs = await cluster.addUnderlayHost('etcd', hosts);
-  etcd = await startEtcd({ members: opts.members, netns: etcdNs, hosts });
+  const etcd = await startEtcd({ members: opts.members, netns: etcdNs, hosts });
+  started.etcd = etcd;
   const netConf = { Network: NETWORK, Backend: { Type: opts.backend ?? 'udp' } };
   await etcd.etcdctl(['put', `${PREFIX}/config`, JSON.stringify(netConf)]);
   const store: EtcdStoreRef = { type: 'etcd', endpoints: etcd.endpoints, prefix: PREFIX };
@@ -120,10 +121,15 @@ export async function createEtcdWorld(
         env: { ...process.env, U: `http://127.0.0.1:${WEFTD_HEALTHZ_PORT}/status`, SUB: subnet },
       });
       try {
-        const line = await until(`${node.name} to drop ${subnet}`, timeoutMs, () => {
-          if (p.child.exitCode !== null) throw new Error(`status poller failed: ${p.output()}`);
-          return Promise.resolve(/GONE (\d+)/.exec(p.output())?.[1]);
-        }, 5);
+        const line = await until(
+          `${node.name} to drop ${subnet}`,
+          timeoutMs,
+          () => {
+            if (p.child.exitCode !== null) throw new Error(`status poller failed: ${p.output()}`);
+            return Promise.resolve(/GONE (\d+)/.exec(p.output())?.[1]);
+          },
+          5,
+        );
         return Number(line);
       } finally {
         await p.stop('SIGKILL', 1000);
@@ -166,17 +172,17 @@ export async function until<T>(
   everyMs = 20,
 ): Promise<T> {
   const deadline = Date.now() + timeoutMs;
-  let lastErr: unknown;
+  let lastErr: Error | undefined;
   for (;;) {
     try {
       const v = await check();
       if (v !== undefined) return v;
     } catch (err) {
-      lastErr = err;
+      lastErr = err instanceof Error ? err : new Error(String(err));
     }
     if (Date.now() > deadline)
       throw new Error(
-        `timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? `: ${String(lastErr)}` : ''}`,
+        `timed out after ${timeoutMs} ms waiting for ${what}${lastErr ? `: ${lastErr.message}` : ''}`,
       );
     await sleep(everyMs);
   }
@@ -215,15 +221,16 @@ export function startPinger(run: NetnsRun, fromNs: string, to: string, intervalS
 
 /**
  * The longest time without a reply inside [from, to] (ms), counting the window's edges as
- * boundaries: how long forwarding stood still at worst.
+ * boundaries: how long forwarding stood still at worst, and when that silence began.
  */
-export function longestSilenceMs(log: PingLog, from: number, to: number): number {
+export function longestSilence(log: PingLog, from: number, to: number): { ms: number; startedAt: number } {
   let last = from;
-  let worst = 0;
+  let worst = { ms: 0, startedAt: from };
   for (const r of log.replies) {
     if (r.at < from || r.at > to) continue;
-    worst = Math.max(worst, r.at - last);
+    if (r.at - last > worst.ms) worst = { ms: r.at - last, startedAt: last };
     last = r.at;
   }
-  return Math.max(worst, to - last);
+  if (to - last > worst.ms) worst = { ms: to - last, startedAt: last };
+  return worst;
 }

@@ -124,7 +124,19 @@ void test('weft compare --only direct,udp: table, SVG chart and JSON', async (t)
   const jsonPath = join(dir, 'results.json');
   const r = await runWeft(
     undefined,
-    ['compare', '--only', 'direct,udp', '--seconds', '1', '--pings', '10', '--chart', svgPath, '--json', jsonPath],
+    [
+      'compare',
+      '--only',
+      'direct,udp',
+      '--seconds',
+      '1',
+      '--pings',
+      '10',
+      '--chart',
+      svgPath,
+      '--json',
+      jsonPath,
+    ],
     { timeoutMs: 150_000 },
   );
   assert.equal(r.code, 0, `exit ${r.code}\n${r.stdout}\n${r.stderr}`);

@@ -140,9 +140,9 @@ void test('metrics move by exactly the traffic sent; names follow Prometheus con
 });
 
 // The ICMP the forwarder writes back must reach the pod, or the sender learns nothing and
-// waits for timeouts. It is written to weft0 with weft0's own address as its source; the
-// node's kernel drops such a packet as a "martian source" (a packet arriving from outside
-// with one of the node's own addresses), so this checks the pod's eth0, not a counter.
+// waits for timeouts. It is written to weft0 with weft0's own address as its source, which
+// the node's kernel drops as a "martian source" unless weft0 has accept_local set; a counter
+// cannot tell, so this captures on the pod's eth0.
 void test('the ICMP net unreachable for an unleased address reaches the pod', async (t) => {
   const run = new NetnsRun();
   const cluster = await Cluster.create(run, { nodes: 2, podsPerNode: 1 });
@@ -168,7 +168,39 @@ void test('the ICMP net unreachable for an unleased address reaches the pod', as
     dumped,
     0,
     `weftd counted the ICMP as sent but pod ${a.name} never received it ` +
-      `(the node's kernel drops it as a martian: its source is weft0's own address):\n${dump.output()}`,
+      `(a martian source for the node's kernel: is accept_local on for weft0?):\n${dump.output()}`,
   );
   assert.match(dump.output(), /ICMP net [\d.]+ unreachable/);
+});
+
+// NAT keepalives (Backend.PersistentKeepaliveInterval) show in /metrics on both ends, and
+// are not counted as forwarded packets.
+void test('keepalives are counted as sent on one node and received on the other', async (t) => {
+  const run = new NetnsRun();
+  const cluster = await Cluster.create(run, { nodes: 2, podsPerNode: 0 });
+  t.after(() => cluster.destroy());
+  await cluster.startWeftdAll({ backend: 'udp', backendOptions: { PersistentKeepaliveInterval: 1 } });
+  const ka = (e: Exposition, direction: string): number =>
+    sampleValue(e, 'weft_dataplane_keepalives_total', { direction });
+  const [e1, e2] = await until(
+    'two keepalives each way',
+    20_000,
+    async () => {
+      const x = await scrape(cluster.node(1));
+      const y = await scrape(cluster.node(2));
+      return ka(x, 'sent') >= 2 && ka(y, 'received') >= 2 && ka(y, 'sent') >= 2 && ka(x, 'received') >= 2
+        ? [x, y]
+        : undefined;
+    },
+    250,
+  );
+  for (const e of [e1, e2]) {
+    assert.equal(ka(e, 'send_failed'), 0);
+    assert.equal(
+      sampleValue(e, 'weft_dataplane_packets_total', { direction: 'sent' }),
+      0,
+      'keepalives are not forwarded packets',
+    );
+    assert.equal(e.families.get('weft_dataplane_keepalives_total')?.type, 'counter');
+  }
 });

@@ -135,6 +135,24 @@ export async function until<T>(
   }
 }
 
+/** weftd's pino log lines (JSON) with message `msg`, parsed; `time` is Unix ms. */
+export function logEvents(
+  proc: SpawnedProcess | undefined,
+  msg: string,
+): ({ time: number } & Record<string, unknown>)[] {
+  const out: ({ time: number } & Record<string, unknown>)[] = [];
+  for (const line of (proc?.output() ?? '').split('\n')) {
+    if (!line.startsWith('{')) continue;
+    try {
+      const j = JSON.parse(line) as { time: number; msg?: string } & Record<string, unknown>;
+      if (j.msg === msg) out.push(j);
+    } catch {
+      // a partial line
+    }
+  }
+  return out;
+}
+
 // ---- forged datagrams ----------------------------------------------------------------------
 
 /** An IPv4/UDP packet src -> dst:dstPort carrying `text` (valid header checksum, TTL 64, UDP checksum 0). */

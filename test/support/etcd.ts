@@ -236,7 +236,9 @@ async function waitHealthy(
     }
     try {
       const body = (
-        netns !== undefined ? await getJsonInNetns(`${url}/health`, netns) : await getJson(`${url}/health`, tls)
+        netns !== undefined
+          ? await getJsonInNetns(`${url}/health`, netns)
+          : await getJson(`${url}/health`, tls)
       ) as { health?: string };
       if (body.health === 'true') return;
       lastErr = JSON.stringify(body);
@@ -358,7 +360,14 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdCluste
     const deadline = Date.now() + (opts.readyTimeoutMs ?? 15_000);
     await Promise.all(
       members.map((m, i) =>
-        waitHealthy(m.clientUrl, deadline, () => procs[i]!, () => stderrs[i] ?? '', opts.tls, opts.netns),
+        waitHealthy(
+          m.clientUrl,
+          deadline,
+          () => procs[i]!,
+          () => stderrs[i] ?? '',
+          opts.tls,
+          opts.netns,
+        ),
       ),
     );
   } catch (err) {
@@ -411,7 +420,14 @@ export async function startEtcd(opts: StartEtcdOptions = {}): Promise<EtcdCluste
       await Promise.all(
         members.map((m, i) =>
           m.alive
-            ? waitHealthy(m.clientUrl, deadline, () => procs[i]!, () => stderrs[i] ?? '', opts.tls, opts.netns)
+            ? waitHealthy(
+                m.clientUrl,
+                deadline,
+                () => procs[i]!,
+                () => stderrs[i] ?? '',
+                opts.tls,
+                opts.netns,
+              )
             : Promise.resolve(),
         ),
       );

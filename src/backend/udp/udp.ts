@@ -16,7 +16,6 @@
  * forwarder with the same peers and counters; a device that is only down or lost its
  * address is fixed in place. The vxlan userspace plane uses the same watch.
  */
-import { setInterfaceSysctl } from '../../kernel/sysctl.ts';
 import { userspaceDataplaneInfo } from '../userspace-info.ts';
 import { networkInterfaces } from 'node:os';
 import type { Backend, BackendContext, BackendStats, DataplaneInfo, PreparedBackend } from '../backend.ts';
@@ -106,7 +105,8 @@ export async function tunProblem(
 export class TunWatch {
   private timer: NodeJS.Timeout | undefined;
   private inFlight: Promise<void> | undefined;
-  private ticks = 0;
+  /** Periodic checks started so far (every FULL_CHECK_EVERY-th is a full one). */
+  private periodic = 0;
   private readonly intervalMs: number;
   private readonly check: (full: boolean) => Promise<void>;
 
@@ -117,15 +117,18 @@ export class TunWatch {
 
   start(): void {
     if (this.intervalMs <= 0 || this.timer) return;
-    this.timer = setInterval(() => void this.tick(++this.ticks % FULL_CHECK_EVERY === 0), this.intervalMs);
+    this.timer = setInterval(() => void this.tick(false), this.intervalMs);
     this.timer.unref();
   }
 
-  /** Runs a check now (or joins the one in progress). */
+  /** Runs a check now, full unless `full` is false (periodic), or joins the one in progress. */
   tick(full = true): Promise<void> {
-    this.inFlight ??= this.check(full).finally(() => {
-      this.inFlight = undefined;
-    });
+    if (!this.inFlight) {
+      const f = full || ++this.periodic % FULL_CHECK_EVERY === 0;
+      this.inFlight = this.check(f).finally(() => {
+        this.inFlight = undefined;
+      });
+    }
     return this.inFlight;
   }
 
@@ -136,7 +139,7 @@ export class TunWatch {
   }
 }
 
-/** A forwarder like `old` (same encap, local side, port, checks and counters) over a new TUN. */
+/** A forwarder like `old` (same encap, local side, port, checks, keepalives and counters) over a new TUN. */
 export function forwarderWithTun(old: Forwarder, tun: TunDevice, conn: PacketConn): Forwarder {
   return new Forwarder({
     tun,
@@ -148,6 +151,7 @@ export function forwarderWithTun(old: Forwarder, tun: TunDevice, conn: PacketCon
     checkPeerPort: old.checkPeerPort,
     icmpForIcmpQueries: old.icmpForIcmpQueries,
     maxBatchesPerTurn: old.maxBatchesPerTurn,
+    keepaliveIntervalMs: old.keepaliveIntervalMs,
   });
 }
 
@@ -229,9 +233,10 @@ export class UdpBackend implements Backend {
         { op: 'addr-replace', dev: name, addr: { addr: lease.subnet.addr, prefix: 32 } },
         { op: 'link-up', name, mtu },
         { op: 'route-replace', route: { dst: this.ctx.network.network, dev: name } },
+        // The ICMP errors we write into the TUN come from its own address: let the kernel take them.
+        { op: 'iface-sysctl', dev: name, key: 'accept_local', value: '1' },
       );
       await this.kernel.apply(ops);
-      setInterfaceSysctl(name, 'accept_local', '1');
       signal.throwIfAborted();
       this.conn = await openConn({
         bindAddr: this.ctx.underlay.addr,
@@ -343,8 +348,8 @@ export class UdpBackend implements Backend {
         { op: 'addr-replace', dev: name, addr: { addr: lease.subnet.addr, prefix: 32 } },
         { op: 'link-up', name, mtu: this.mtu },
         { op: 'route-replace', route: { dst: net, dev: name } },
+        { op: 'iface-sysctl', dev: name, key: 'accept_local', value: '1' },
       ]);
-      setInterfaceSysctl(name, 'accept_local', '1');
       this.tunIndex = (await this.kernel.getLink(name))?.index ?? -1;
       if (reopen && this.fwd && this.tun) {
         const fwd = forwarderWithTun(this.fwd, this.tun, this.conn);

@@ -17,8 +17,8 @@ export interface VxlanOptions {
   /** Explicit device MTU; undefined = underlay MTU - 50. */
   readonly mtu: number | undefined;
   readonly dataplane: Dataplane;
-  /** NAT keepalive interval in seconds (userspace plane only; 0 = off). */
-  readonly keepalive: number;
+  /** NAT keepalive interval in seconds (userspace plane only); absent = off. */
+  readonly keepalive?: number;
 }
 
 /** Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14). */
@@ -56,5 +56,12 @@ export function parseVxlanOptions(cfg: BackendConfig): VxlanOptions {
     );
   }
   const keepalive = intOption(cfg, 'PersistentKeepaliveInterval', 0, 0, 65535);
-  return { vni, port, directRouting: dr === true, mtu, dataplane: dp, keepalive };
+  return {
+    vni,
+    port,
+    directRouting: dr === true,
+    mtu,
+    dataplane: dp,
+    ...(keepalive > 0 ? { keepalive } : {}),
+  };
 }

@@ -14,7 +14,6 @@
  * backend): a deleted device is opened again with address, MTU and route, and a fresh
  * forwarder with the same peers and counters takes over.
  */
-import { setInterfaceSysctl } from '../../kernel/sysctl.ts';
 import { userspaceDataplaneInfo } from '../userspace-info.ts';
 import type { DataplaneInfo } from '../backend.ts';
 import { openConn } from '../../conn/native-conn.ts';
@@ -93,9 +92,9 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
         { op: 'addr-replace', dev: name, addr: { addr: lease.subnet.addr, prefix: 32 } },
         { op: 'link-up', name, mtu },
         { op: 'route-replace', route: { dst: ctx.network.network, dev: name } },
+        { op: 'iface-sysctl', dev: name, key: 'accept_local', value: '1' },
       );
       await kernel.apply(ops);
-      setInterfaceSysctl(name, 'accept_local', '1');
       const conn = openConn({ bindAddr: ctx.underlay.addr, port: options.port, offloads: ctx.offloads });
       this.conn = conn;
       const vtep = macBytes(this.p.mac);
@@ -106,7 +105,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
         local: { subnet: lease.subnet, tunAddr: lease.subnet.addr, vtepMac: vtep },
         port: options.port,
         checkPeerPort: false,
-        keepaliveIntervalMs: options.keepalive * 1000,
+        keepaliveIntervalMs: (options.keepalive ?? 0) * 1000,
       });
       this.fwd.start();
       this.tunIndex = (await kernel.getLink(name))?.index ?? -1;
@@ -187,8 +186,8 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
         { op: 'addr-replace', dev: name, addr: { addr: lease.subnet.addr, prefix: 32 } },
         { op: 'link-up', name, mtu },
         { op: 'route-replace', route: { dst: net, dev: name } },
+        { op: 'iface-sysctl', dev: name, key: 'accept_local', value: '1' },
       ]);
-      setInterfaceSysctl(name, 'accept_local', '1');
       this.tunIndex = (await kernel.getLink(name))?.index ?? -1;
       if (reopen && this.fwd && this.tun) {
         const fwd = forwarderWithTun(this.fwd, this.tun, conn);
