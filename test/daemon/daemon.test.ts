@@ -2,7 +2,7 @@
 // a fake underlay and a manual clock (renewals without waiting hours).
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -327,11 +327,22 @@ void test('own lease taken by another node -> a new subnet, data path restarted,
   const r = await rig(t);
   await r.daemon.ready;
   const lease = r.backend().started!;
-  const intruder = await r.peer();
-  await intruder.deleteLease(lease.subnet);
-  // Another node grabs the freed subnet before we notice.
-  const theirs = await intruder.acquire(nodeAttrs(9), { previousSubnet: lease.subnet });
-  assert.ok(cidrEquals(theirs.subnet, lease.subnet));
+  // Another node's lease replaces ours in one atomic step (as if it grabbed the subnet
+  // between our lease vanishing and our noticing): no window in which we could take it back.
+  const theirs = { subnet: lease.subnet };
+  const a = nodeAttrs(9);
+  const leaseFile = join(r.storeDir, 'subnets', cidrToKey(lease.subnet));
+  await writeFile(
+    `${leaseFile}.intruder`,
+    JSON.stringify({
+      PublicIP: a.publicIp,
+      PublicIPv6: null,
+      BackendType: a.backendType,
+      BackendData: a.backendData,
+      ExpiresAt: r.clock.now() + HOUR,
+    }),
+  );
+  await rename(`${leaseFile}.intruder`, leaseFile);
   await until('moved to a new subnet', () => r.daemon.status().counters.subnetChanged === 1, 2000);
   await until('ready again', () => r.daemon.status().ready, 2000);
   const b = r.backend();
