@@ -8,7 +8,8 @@ import { join, resolve } from 'node:path';
 function collect(p, out) {
   const st = statSync(p);
   if (st.isDirectory()) {
-    for (const e of readdirSync(p).sort()) if (e !== 'node_modules' && e !== 'fixtures') collect(join(p, e), out);
+    for (const e of readdirSync(p).sort())
+      if (e !== 'node_modules' && e !== 'fixtures') collect(join(p, e), out);
   } else if (/\.test\.ts$/.test(p)) out.push(p);
   return out;
 }
