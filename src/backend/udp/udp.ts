@@ -155,6 +155,88 @@ export function forwarderWithTun(old: Forwarder, tun: TunDevice, conn: PacketCon
   });
 }
 
+/** Counters of the TUN device checks, kept by each userspace backend. */
+export interface TunRepairCounters {
+  deviceRecreated: number;
+  deviceRepaired: number;
+  deviceRepairFailures: number;
+}
+
+/** Everything the shared TUN check-and-repair needs from a userspace backend. */
+export interface TunRepairInput {
+  readonly kernel: KernelNet;
+  readonly name: string;
+  readonly mtu: number;
+  readonly network: Ipv4Cidr;
+  readonly lease: Lease;
+  readonly conn: PacketConn;
+  readonly tun: TunDevice | undefined;
+  readonly tunIndex: number;
+  readonly fwd: Forwarder | undefined;
+  readonly peers: () => Iterable<Peer>;
+  readonly openTun: () => Promise<TunDevice>;
+  readonly full: boolean;
+  readonly counters: TunRepairCounters;
+  readonly log: Logger;
+}
+
+/**
+ * One device check of a userspace backend (udp, userspace vxlan), shared so both repair
+ * the same way: a deleted or replaced TUN is reopened (a new device needs a new fd) and the
+ * forwarder rebuilt over it with the same peers; a device that lost its address, MTU, route
+ * or accept_local gets them back. Never throws: failures are counted and logged, and the
+ * next check tries again. Returns the (possibly new) device, forwarder and ifindex.
+ */
+export async function checkAndRepairTun(
+  i: TunRepairInput,
+): Promise<{ tun: TunDevice | undefined; fwd: Forwarder | undefined; tunIndex: number }> {
+  let { tun, fwd, tunIndex } = i;
+  const { kernel, name, lease } = i;
+  try {
+    const problem = tun
+      ? await tunProblem(kernel, name, lease.subnet.addr, tunIndex, i.network, i.full)
+      : 'gone';
+    if (problem === undefined) return { tun, fwd, tunIndex };
+    const reopen = problem === 'gone' || problem === 'replaced';
+    if (reopen) {
+      fwd?.stop();
+      tun?.close();
+      tun = undefined;
+      if (await kernel.getLink(name)) await kernel.apply([{ op: 'link-del', name }]);
+      tun = await i.openTun();
+    }
+    await kernel.apply(tunSetupOps(name, lease, i.mtu, i.network));
+    tunIndex = (await kernel.getLink(name))?.index ?? -1;
+    if (reopen && fwd && tun) {
+      fwd = forwarderWithTun(fwd, tun, i.conn);
+      fwd.setPeers(i.peers());
+      fwd.start();
+      i.counters.deviceRecreated++;
+    } else i.counters.deviceRepaired++;
+    i.log.warn(
+      { device: name, problem, recreated: reopen },
+      reopen
+        ? 'the TUN device was gone; recreated it (address, MTU, route) and resumed forwarding'
+        : 'the TUN device had lost its settings; put address, MTU and route back',
+    );
+  } catch (err) {
+    i.counters.deviceRepairFailures++;
+    i.log.error({ err, device: name }, 'could not repair the TUN device; trying again at the next check');
+  }
+  return { tun, fwd, tunIndex };
+}
+
+/** The kernel settings of a userspace backend's TUN device. */
+export function tunSetupOps(name: string, lease: Lease, mtu: number, network: Ipv4Cidr): KernelOp[] {
+  return [
+    { op: 'addr-replace', dev: name, addr: { addr: lease.subnet.addr, prefix: 32 } },
+    { op: 'link-up', name, mtu },
+    { op: 'route-replace', route: { dst: network, dev: name } },
+    // The ICMP errors we write into the TUN come from its own address: let the kernel take them.
+    { op: 'iface-sysctl', dev: name, key: 'accept_local', value: '1' },
+  ];
+}
+
 /** The udp options of the network config (already checked by netconf). */
 export function udpPort(ctx: BackendContext): number {
   const port = ctx.network.backend.Port ?? DEFAULT_UDP_PORT;
@@ -185,9 +267,11 @@ export class UdpBackend implements Backend {
   /** Kernel index of our TUN device (a new index under our name means ours was deleted). */
   private tunIndex = -1;
   private readonly watch: TunWatch;
-  private deviceRecreated = 0;
-  private deviceRepaired = 0;
-  private deviceRepairFailures = 0;
+  private readonly repairs: TunRepairCounters = {
+    deviceRecreated: 0,
+    deviceRepaired: 0,
+    deviceRepairFailures: 0,
+  };
 
   constructor(ctx: BackendContext, deps: UdpDeps = {}) {
     this.ctx = ctx;
@@ -229,13 +313,7 @@ export class UdpBackend implements Backend {
       for (const a of await this.kernel.listAddrs(name)) {
         if (a.addr !== lease.subnet.addr || a.prefix !== 32) ops.push({ op: 'addr-del', dev: name, addr: a });
       }
-      ops.push(
-        { op: 'addr-replace', dev: name, addr: { addr: lease.subnet.addr, prefix: 32 } },
-        { op: 'link-up', name, mtu },
-        { op: 'route-replace', route: { dst: this.ctx.network.network, dev: name } },
-        // The ICMP errors we write into the TUN come from its own address: let the kernel take them.
-        { op: 'iface-sysctl', dev: name, key: 'accept_local', value: '1' },
-      );
+      ops.push(...tunSetupOps(name, lease, mtu, this.ctx.network.network));
       await this.kernel.apply(ops);
       signal.throwIfAborted();
       this.conn = await openConn({
@@ -326,51 +404,32 @@ export class UdpBackend implements Backend {
 
   private async checkDevice(full: boolean): Promise<void> {
     const lease = this.lease;
-    if (!lease || !this.conn) return;
-    const name = this.tunName;
-    const net = this.ctx.network.network;
-    try {
-      const problem = this.tun
-        ? await tunProblem(this.kernel, name, lease.subnet.addr, this.tunIndex, net, full)
-        : 'gone';
-      if (problem === undefined) return;
-      const reopen = problem === 'gone' || problem === 'replaced';
-      if (reopen) {
-        // Our fd is detached from a deleted device: a new device needs a new fd.
-        this.fwd?.stop();
-        this.tun?.close();
-        this.tun = undefined;
-        if (await this.kernel.getLink(name)) await this.kernel.apply([{ op: 'link-del', name }]);
-        const openTun = this.deps.openTun ?? (await import('../../tun/native-tun.ts')).openTun;
-        this.tun = await openTun({ name, mtu: this.mtu, offloads: this.ctx.offloads });
-      }
-      await this.kernel.apply([
-        { op: 'addr-replace', dev: name, addr: { addr: lease.subnet.addr, prefix: 32 } },
-        { op: 'link-up', name, mtu: this.mtu },
-        { op: 'route-replace', route: { dst: net, dev: name } },
-        { op: 'iface-sysctl', dev: name, key: 'accept_local', value: '1' },
-      ]);
-      this.tunIndex = (await this.kernel.getLink(name))?.index ?? -1;
-      if (reopen && this.fwd && this.tun) {
-        const fwd = forwarderWithTun(this.fwd, this.tun, this.conn);
-        fwd.setPeers(this.peers.values());
-        this.fwd = fwd;
-        fwd.start();
-        this.deviceRecreated++;
-      } else this.deviceRepaired++;
-      this.log.warn(
-        { device: name, problem, recreated: reopen, peers: this.peers.size },
-        reopen
-          ? 'the TUN device was gone; recreated it (address, MTU, route) and resumed forwarding'
-          : 'the TUN device had lost its settings; put address, MTU and route back',
-      );
-    } catch (err) {
-      this.deviceRepairFailures++;
-      this.log.error(
-        { err, device: name },
-        'could not repair the TUN device; trying again at the next check',
-      );
-    }
+    const conn = this.conn;
+    if (!lease || !conn) return;
+    const r = await checkAndRepairTun({
+      kernel: this.kernel,
+      name: this.tunName,
+      mtu: this.mtu,
+      network: this.ctx.network.network,
+      lease,
+      conn,
+      tun: this.tun,
+      tunIndex: this.tunIndex,
+      fwd: this.fwd,
+      peers: () => this.peers.values(),
+      openTun: async () =>
+        (this.deps.openTun ?? (await import('../../tun/native-tun.ts')).openTun)({
+          name: this.tunName,
+          mtu: this.mtu,
+          offloads: this.ctx.offloads,
+        }),
+      full,
+      counters: this.repairs,
+      log: this.log,
+    });
+    this.tun = r.tun;
+    this.fwd = r.fwd;
+    this.tunIndex = r.tunIndex;
   }
 
   dataplaneInfo(): DataplaneInfo {
@@ -383,9 +442,7 @@ export class UdpBackend implements Backend {
       ignoredPeerEvents: this.ignored,
       mtu: this.mtu,
       port: this.port,
-      deviceRecreated: this.deviceRecreated,
-      deviceRepaired: this.deviceRepaired,
-      deviceRepairFailures: this.deviceRepairFailures,
+      ...this.repairs,
     };
     const fwd = this.fwd;
     if (fwd) {

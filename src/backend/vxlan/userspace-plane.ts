@@ -28,7 +28,8 @@ import type { Lease } from '../../lease/types.ts';
 import { openTun } from '../../tun/native-tun.ts';
 import type { TunDevice } from '../../tun/tun.ts';
 import type { Logger } from '../../util/log.ts';
-import { DEFAULT_DEVICE_CHECK_MS, forwarderWithTun, tunProblem, TunWatch } from '../udp/udp.ts';
+import { checkAndRepairTun, DEFAULT_DEVICE_CHECK_MS, tunSetupOps, TunWatch } from '../udp/udp.ts';
+import type { TunRepairCounters } from '../udp/udp.ts';
 import type { VxlanDataplane } from './dataplane.ts';
 import type { VxlanPeerPlan } from './plan.ts';
 import { macBytes, samePlan, vxlanAddOps, vxlanRemoveOps } from './plan.ts';
@@ -51,9 +52,11 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
   /** Kernel index of our TUN device (a new index under our name means ours was deleted). */
   private tunIndex = -1;
   private readonly watch: TunWatch;
-  private deviceRecreated = 0;
-  private deviceRepaired = 0;
-  private deviceRepairFailures = 0;
+  private readonly repairs: TunRepairCounters = {
+    deviceRecreated: 0,
+    deviceRepaired: 0,
+    deviceRepairFailures: 0,
+  };
 
   /** `opts.deviceCheckMs`: how often to check the TUN device (default 1000 ms; 0 = never). */
   constructor(p: UserspacePlaneParams, opts: { readonly deviceCheckMs?: number } = {}) {
@@ -88,12 +91,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       for (const a of await kernel.listAddrs(name)) {
         if (a.addr !== lease.subnet.addr || a.prefix !== 32) ops.push({ op: 'addr-del', dev: name, addr: a });
       }
-      ops.push(
-        { op: 'addr-replace', dev: name, addr: { addr: lease.subnet.addr, prefix: 32 } },
-        { op: 'link-up', name, mtu },
-        { op: 'route-replace', route: { dst: ctx.network.network, dev: name } },
-        { op: 'iface-sysctl', dev: name, key: 'accept_local', value: '1' },
-      );
+      ops.push(...tunSetupOps(name, lease, mtu, ctx.network.network));
       await kernel.apply(ops);
       const conn = openConn({ bindAddr: ctx.underlay.addr, port: options.port, offloads: ctx.offloads });
       this.conn = conn;
@@ -166,49 +164,25 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
     const conn = this.conn;
     if (!lease || !conn) return;
     const { kernel, ctx, mtu } = this.p;
-    const name = this.device;
-    const net = ctx.network.network;
-    try {
-      const problem = this.tun
-        ? await tunProblem(kernel, name, lease.subnet.addr, this.tunIndex, net, full)
-        : 'gone';
-      if (problem === undefined) return;
-      const reopen = problem === 'gone' || problem === 'replaced';
-      if (reopen) {
-        // Our fd is detached from a deleted device: a new device needs a new fd.
-        this.fwd?.stop();
-        this.tun?.close();
-        this.tun = undefined;
-        if (await kernel.getLink(name)) await kernel.apply([{ op: 'link-del', name }]);
-        this.tun = openTun({ name, mtu, offloads: ctx.offloads });
-      }
-      await kernel.apply([
-        { op: 'addr-replace', dev: name, addr: { addr: lease.subnet.addr, prefix: 32 } },
-        { op: 'link-up', name, mtu },
-        { op: 'route-replace', route: { dst: net, dev: name } },
-        { op: 'iface-sysctl', dev: name, key: 'accept_local', value: '1' },
-      ]);
-      this.tunIndex = (await kernel.getLink(name))?.index ?? -1;
-      if (reopen && this.fwd && this.tun) {
-        const fwd = forwarderWithTun(this.fwd, this.tun, conn);
-        fwd.setPeers(this.inForwarder.values());
-        this.fwd = fwd;
-        fwd.start();
-        this.deviceRecreated++;
-      } else this.deviceRepaired++;
-      this.log.warn(
-        { device: name, problem, recreated: reopen, peers: this.inForwarder.size },
-        reopen
-          ? 'the TUN device was gone; recreated it (address, MTU, route) and resumed forwarding'
-          : 'the TUN device had lost its settings; put address, MTU and route back',
-      );
-    } catch (err) {
-      this.deviceRepairFailures++;
-      this.log.error(
-        { err, device: name },
-        'could not repair the TUN device; trying again at the next check',
-      );
-    }
+    const r = await checkAndRepairTun({
+      kernel,
+      name: this.device,
+      mtu,
+      network: ctx.network.network,
+      lease,
+      conn,
+      tun: this.tun,
+      tunIndex: this.tunIndex,
+      fwd: this.fwd,
+      peers: () => this.inForwarder.values(),
+      openTun: () => Promise.resolve(openTun({ name: this.device, mtu, offloads: ctx.offloads })),
+      full,
+      counters: this.repairs,
+      log: this.log,
+    });
+    this.tun = r.tun;
+    this.fwd = r.fwd;
+    this.tunIndex = r.tunIndex;
   }
 
   /** The forwarder (tests, status). */
@@ -226,9 +200,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       peers: this.inForwarder.size + this.direct.installedPlans().size,
       peersDirect: this.direct.installedPlans().size,
       kernelFailures: this.direct.counters.failures,
-      deviceRecreated: this.deviceRecreated,
-      deviceRepaired: this.deviceRepaired,
-      deviceRepairFailures: this.deviceRepairFailures,
+      ...this.repairs,
     };
     if (fwd) {
       const s = fwd.snapshot();
