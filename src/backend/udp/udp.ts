@@ -460,6 +460,15 @@ export class UdpBackend implements Backend {
         connGso: connOff?.gso ? 1 : 0,
         connGro: connOff?.gro ? 1 : 0,
       };
+      // The native layer's own counters (super-packets, coalesced writes, GSO sends...).
+      const io = (d: unknown): Record<string, number> | undefined =>
+        typeof (d as { stats?: unknown } | undefined)?.stats === 'function'
+          ? { ...(d as { stats(): Record<string, number> }).stats() }
+          : undefined;
+      const tunIo = io(this.tun);
+      const connIo = io(this.conn);
+      if (tunIo) out.tunIo = tunIo;
+      if (connIo) out.connIo = connIo;
     } else out.running = 0;
     return out;
   }
