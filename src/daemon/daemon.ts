@@ -259,7 +259,12 @@ export async function openStoreFromOptions(opts: DaemonOptions, log: Logger): Pr
  * entry's settings and whether portmap follows it.
  */
 export async function cniInstallOptions(opts: DaemonOptions): Promise<InstallCniOptions> {
-  const base: InstallCniOptions = { binDir: opts.cniBinDir, confDir: opts.cniConfDir };
+  const base: InstallCniOptions = {
+    binDir: opts.cniBinDir,
+    confDir: opts.cniConfDir,
+    ...(opts.cniBundleNode ? { bundleNode: true } : {}),
+    ...(opts.cniHostBinDir ? { hostBinDir: opts.cniHostBinDir } : {}),
+  };
   if (!opts.cniConfFile) return base;
   let conf: unknown;
   try {

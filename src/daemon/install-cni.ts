@@ -6,6 +6,9 @@
  * runtime never reads half a file. weftd calls this when asked by a flag.
  */
 import {
+  chmodSync,
+  statSync,
+  writeFileSync,
   closeSync,
   fchmodSync,
   fsyncSync,
@@ -35,6 +38,13 @@ export interface InstallCniOptions {
   source?: string;
   /** Node binary named in the shebang (default: the one running now). */
   nodePath?: string;
+  /**
+   * Also copy the running node binary into the bin dir as `weft-cni-node` and name that in
+   * the shebang, for hosts without Node.js (weftd in a container installing onto the host).
+   */
+  bundleNode?: boolean;
+  /** The bin dir as the host sees it, for the shebang (default: binDir). */
+  hostBinDir?: string;
   /** Extra keys for the weft-cni entry (subnetFile, dataDir, delegate, ipam). */
   pluginConf?: Record<string, unknown>;
   /** Add portmap after weft-cni (default true). */
@@ -68,6 +78,25 @@ function writeAtomic(path: string, data: string, mode: number): void {
   }
 }
 
+/** Name of the node binary copy that --cni-bundle-node puts next to the plugin. */
+export const NODE_COPY = 'weft-cni-node';
+
+/** Copies `src` to `dst` atomically (mode 0755) unless `dst` already has the same bytes. */
+function copyIfChanged(src: string, dst: string): boolean {
+  const data = readFileSync(src);
+  try {
+    const have = statSync(dst);
+    if (have.size === data.length && readFileSync(dst).equals(data)) return false;
+  } catch {
+    /* not there yet */
+  }
+  const tmp = join(resolve(dst, '..'), `.${basename(dst)}.tmp-${process.pid}`);
+  writeFileSync(tmp, data, { mode: 0o755 });
+  chmodSync(tmp, 0o755);
+  renameSync(tmp, dst);
+  return true;
+}
+
 /** The conflist weft installs (pure; exported for tests and `weft` to print). */
 export function renderConflist(opts: InstallCniOptions = {}): Record<string, unknown> {
   const plugins: Record<string, unknown>[] = [
@@ -96,8 +125,13 @@ export function installCni(opts: InstallCniOptions = {}): InstalledCni {
   }
   if (code.startsWith('#!')) code = code.slice(code.indexOf('\n') + 1);
   // The plugin never uses TLS: dropping NODE_EXTRA_CA_CERTS saves loading a CA bundle per pod.
-  const shebang = `#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS ${opts.nodePath ?? process.execPath}\n`;
   mkdirSync(binDir, { recursive: true, mode: 0o755 });
+  let nodePath = opts.nodePath ?? process.execPath;
+  if (opts.bundleNode) {
+    copyIfChanged(process.execPath, join(binDir, NODE_COPY));
+    nodePath = join(opts.hostBinDir ?? binDir, NODE_COPY);
+  }
+  const shebang = `#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS ${nodePath}\n`;
   mkdirSync(confDir, { recursive: true, mode: 0o755 });
   const binary = join(binDir, 'weft-cni');
   writeAtomic(binary, shebang + code, 0o755);

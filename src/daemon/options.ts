@@ -57,6 +57,10 @@ export interface DaemonOptions {
   /** A conflist (JSON) to take the network name, cniVersion and weft-cni settings from. */
   readonly cniConfFile: string | undefined;
   readonly cniBinDir: string;
+  /** --cni-bundle-node: copy the node binary next to the plugin. */
+  readonly cniBundleNode: boolean;
+  /** --cni-host-bin-dir: the bin dir as the host sees it. */
+  readonly cniHostBinDir: string | undefined;
   readonly cniConfDir: string;
   readonly help: boolean;
 }
@@ -155,6 +159,17 @@ export const FLAGS: readonly FlagSpec[] = [
     help: 'conflist JSON to install (name, cniVersion, weft-cni settings)',
   },
   { name: 'cni-bin-dir', kind: 'string', dflt: '/opt/cni/bin', help: 'where --install-cni puts the plugin' },
+  {
+    name: 'cni-bundle-node',
+    kind: 'bool',
+    dflt: 'false',
+    help: 'with --install-cni, also copy this node binary next to the plugin (hosts without Node.js)',
+  },
+  {
+    name: 'cni-host-bin-dir',
+    kind: 'string',
+    help: 'the CNI bin dir as the host sees it (when weftd runs in a container; default --cni-bin-dir)',
+  },
   {
     name: 'cni-conf-dir',
     kind: 'string',
@@ -353,6 +368,8 @@ export function parseOptions(
     installCni: bool('install-cni'),
     cniConfFile: str('cni-conf-file'),
     cniBinDir: str('cni-bin-dir') as string,
+    cniBundleNode: bool('cni-bundle-node'),
+    cniHostBinDir: str('cni-host-bin-dir'),
     cniConfDir: str('cni-conf-dir') as string,
     help,
   };

@@ -99,6 +99,11 @@ void test('the DaemonSet runs weftd on the host network with what the data path 
   for (const p of ['/dev/net/tun', '/run/weft', '/opt/cni/bin', '/etc/cni/net.d'])
     assert.ok(hostPaths.has(p), p);
   assert.ok(c.args.includes('--lease-store=kube'));
+  // The plugin is installed from inside the container: it must bring its own node and name
+  // it by the host's path, or every pod ADD on a host without Node.js would fail.
+  assert.ok(c.args.includes('--install-cni'));
+  assert.ok(c.args.includes('--cni-bundle-node'));
+  assert.ok(c.args.includes('--cni-host-bin-dir=/opt/cni/bin'));
   for (const m of c.volumeMounts)
     assert.ok(
       pod.volumes.some((v) => v.name === m.name),
