@@ -6,10 +6,9 @@
  * subcommand's dependencies are loaded only when it runs. `main` returns the exit code;
  * nothing below it calls process.exit.
  */
-import { readFileSync, realpathSync } from 'node:fs';
-import { join } from 'node:path';
+import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { projectRoot } from '../util/self.ts';
+import { WEFT_VERSION } from '../util/self.ts';
 
 /** Where a subcommand writes: stdout for results, stderr for diagnostics. */
 export interface CliIo {
@@ -45,11 +44,6 @@ export const defaultIo: CliIo = {
   err: (t) => process.stderr.write(t.endsWith('\n') ? t : `${t}\n`),
 };
 
-export function version(): string {
-  const pkg = JSON.parse(readFileSync(join(projectRoot, 'package.json'), 'utf8')) as { version?: string };
-  return pkg.version ?? 'unknown';
-}
-
 export function usage(): string {
   const width = Math.max(...Object.keys(COMMANDS).map((n) => n.length), 'help'.length);
   const lines = Object.entries(COMMANDS).map(([n, c]) => `  ${n.padEnd(width)}  ${c.summary}`);
@@ -73,7 +67,7 @@ export async function main(argv: readonly string[], io: CliIo = defaultIo): Prom
     return name === undefined ? 2 : 0;
   }
   if (name === '--version' || name === '-V' || name === 'version') {
-    io.out(`weft ${version()}`);
+    io.out(`weft ${WEFT_VERSION}`);
     return 0;
   }
   const cmd = Object.hasOwn(COMMANDS, name) ? COMMANDS[name] : undefined;

@@ -412,6 +412,10 @@ export class Forwarder {
     icmp.count = 0;
     let readBytes = 0;
     let j = 0;
+    // The segments of one super-packet share their destination: look a run up once. The
+    // cache lives for one batch only, so route changes between batches always apply.
+    let lastDst = -1;
+    let lastPeer: Peer | undefined;
     for (let i = 0; i < n; i++) {
       const off = offsets[i] as number;
       const len = lengths[i] as number;
@@ -425,7 +429,12 @@ export class Forwarder {
         (drops[DropReason.ttlExpired] as number)++;
         continue;
       }
-      const peer = routes.lookup(ipv4Dst(arena, off));
+      const dst = ipv4Dst(arena, off);
+      if (dst !== lastDst) {
+        lastDst = dst;
+        lastPeer = routes.lookup(dst);
+      }
+      const peer = lastPeer;
       if (peer === undefined) {
         (drops[DropReason.noRoute] as number)++;
         const k = icmp.count;
@@ -507,12 +516,19 @@ export class Forwarder {
     const kaLen = ka.length;
     let recvBytes = 0;
     let j = 0;
+    // The datagrams of one GRO message share their sender: look a run up once per batch.
+    let lastSrc = -1;
+    let lastSender: Peer | undefined;
     for (let i = 0; i < n; i++) {
       const off = offsets[i] as number;
       const len = lengths[i] as number;
       recvBytes += len;
       const src = addrs[i] as number;
-      const peer = byIp.get(src | 0);
+      if (src !== lastSrc) {
+        lastSrc = src;
+        lastSender = byIp.get(src | 0);
+      }
+      const peer = lastSender;
       if (
         peer === undefined ||
         peer.publicIp !== src ||

@@ -451,15 +451,9 @@ export class UdpBackend implements Backend {
       out.routes = s.routes;
       out.counters = { ...s.counters };
       out.drops = { ...s.drops };
-      const tunOff = this.tun?.offloads;
-      const connOff = this.conn?.offloads;
-      out.offloads = {
-        tunVnetHdr: tunOff?.vnetHdr ? 1 : 0,
-        tunTso: tunOff?.tso ? 1 : 0,
-        tunUso: tunOff?.uso ? 1 : 0,
-        connGso: connOff?.gso ? 1 : 0,
-        connGro: connOff?.gro ? 1 : 0,
-      };
+      out.offloads = Object.fromEntries(
+        Object.entries(this.dataplaneInfo().offloads).map(([k, on]) => [k, on ? 1 : 0]),
+      );
       // The native layer's own counters (super-packets, coalesced writes, GSO sends...).
       const io = (d: unknown): Record<string, number> | undefined =>
         typeof (d as { stats?: unknown } | undefined)?.stats === 'function'

@@ -124,6 +124,9 @@ export function parsePeerData(data: unknown): { publicKey: string; port: number 
 interface PeerEntry {
   readonly subnet: Ipv4Cidr;
   readonly publicKey: string;
+  /** Underlay endpoint: the lease's PublicIP (uint32) and BackendData.Port. */
+  readonly addr: number;
+  readonly port: number;
 }
 
 export class WireguardBackend implements Backend {
@@ -245,21 +248,17 @@ export class WireguardBackend implements Backend {
   private pushPeer(p: PeerEntry): Promise<void> {
     const device = this.device;
     if (!device) return Promise.resolve();
-    const e = this.endpoints.get(cidrToKey(p.subnet));
-    if (!e) return Promise.resolve();
     return device
       .setPeer({
         publicKey: p.publicKey,
-        endpointAddr: e.addr,
-        endpointPort: e.port,
+        endpointAddr: p.addr,
+        endpointPort: p.port,
         allowedIps: [p.subnet],
         keepalive: this.opts.keepalive,
         presharedKeyFile: this.pskFile,
       })
       .then(() => device.kick(p.publicKey, this.opts.keepalive));
   }
-
-  private readonly endpoints = new Map<string, { addr: number; port: number }>();
 
   applyPeers(events: readonly LeaseEvent[]): void {
     for (const ev of events) {
@@ -268,7 +267,6 @@ export class WireguardBackend implements Backend {
         const old = this.peers.get(key);
         if (!old) continue;
         this.peers.delete(key);
-        this.endpoints.delete(key);
         this.counters.peersRemoved++;
         const stillUsed = [...this.peers.values()].some((p) => p.publicKey === old.publicKey);
         if (!stillUsed) this.enqueue(async () => this.device?.removePeer(old.publicKey));
@@ -292,10 +290,14 @@ export class WireguardBackend implements Backend {
         this.ctx.log.warn({ subnet: formatCidr(ev.lease.subnet) }, 'skipping peer lease with a bad PublicIP');
         continue;
       }
-      const entry: PeerEntry = { subnet: ev.lease.subnet, publicKey: parsed.publicKey };
+      const entry: PeerEntry = {
+        subnet: ev.lease.subnet,
+        publicKey: parsed.publicKey,
+        addr,
+        port: parsed.port,
+      };
       const previous = this.peers.get(key);
       this.peers.set(key, entry);
-      this.endpoints.set(key, { addr, port: parsed.port });
       this.counters.peersAdded++;
       if (previous && previous.publicKey !== parsed.publicKey) {
         this.enqueue(async () => this.device?.removePeer(previous.publicKey));
