@@ -63,6 +63,7 @@ const FIGURES = [
   'udpRttP99Us',
   'smallPps',
   'smallLossPct',
+  'smallAtRateLossPct',
   'tcpRetransmits',
   'forwarderCpu',
   'cpuSecondsPerGbit',
@@ -161,6 +162,7 @@ function renderBenchTable(rows: readonly RowSummary[]): string {
     '64B kpps',
     'vs kVX',
     'loss %',
+    'loss % at kVX rate',
     'CPU s/Gbit',
   ];
   const body = rows.map((r) => {
@@ -177,6 +179,7 @@ function renderBenchTable(rows: readonly RowSummary[]): string {
       withSpread(f.smallPps, 0, 1000),
       ratio(f.smallPps),
       withSpread(f.smallLossPct, 1),
+      withSpread(f.smallAtRateLossPct, 2),
       r.userspace ? withSpread(f.cpuSecondsPerGbit, 3) : 'kernel',
     ];
   });
@@ -268,6 +271,8 @@ async function main(): Promise<number> {
   const loadBefore = loadavg()[0] ?? 0;
   const started = Date.now();
   const summaries: RowSummary[] = [];
+  // Rows after the reference also get 64-byte packets offered at the reference's rate.
+  let refPps: number | undefined;
   for (const [i, row] of rows.entries()) {
     const head = `[${i + 1}/${rows.length}] ${row.name}`;
     const r = await measureRounds(row, runs, {
@@ -275,9 +280,11 @@ async function main(): Promise<number> {
       pings,
       tcp4: true,
       udpRr: true,
+      ...(refPps !== undefined ? { smallRatePps: refPps } : {}),
       progress: (step) => process.stderr.write(`${head}: ${step}\n`),
     });
     const s = summarize(row, r);
+    if (row.id === REFERENCE) refPps = s.figures.smallPps?.median;
     process.stderr.write(
       s.error !== undefined
         ? `${head}: FAILED: ${s.error}\n`
@@ -291,7 +298,7 @@ async function main(): Promise<number> {
   process.stdout.write(
     `\nPod to pod across 2 nodes in network namespaces (veth underlay, MTU 1500); each figure is the median of ${runs} run${runs > 1 ? 's' : ''} (min-max)\n` +
       `TCP: iperf3 ${seconds} s, 1 and 4 streams; ping: ${pings} x 10 ms; UDP RR: sockperf ping-pong 64 B, ${seconds} s, full RTT;\n` +
-      `64B: iperf3 UDP 64-byte payloads, unlimited rate, ${seconds} s; vs kVX = ratio to kernel VXLAN; CPU s/Gbit = forwarder CPU during TCP 1 stream\n` +
+      `64B: iperf3 UDP 64-byte payloads, unlimited rate, ${seconds} s, and (rows after kernel VXLAN) at kernel VXLAN's rate; vs kVX = ratio to kernel VXLAN; CPU s/Gbit = forwarder CPU during TCP 1 stream\n` +
       `(1-min load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after, on ${cpus().length} CPUs: other work on the machine lowers every row)\n\n`,
   );
   process.stdout.write(`${renderBenchTable(summaries)}\n`);
@@ -320,7 +327,8 @@ async function main(): Promise<number> {
       reference: REFERENCE,
       tcp: 'iperf3, 1 and 4 streams',
       udpRr: 'sockperf ping-pong, 64-byte messages, full RTT, µs',
-      smallPackets: 'iperf3 UDP, 64-byte payloads, -b 0; packets/s received, loss %',
+      smallPackets:
+        "iperf3 UDP, 64-byte payloads, -b 0; packets/s received, loss %; then offered at the reference row's packets/s (rows after it): loss %",
       cpu: 'forwarder CPU seconds per Gbit during the 1-stream TCP test (userspace rows)',
     },
     rows: summaries,

@@ -26,9 +26,11 @@
 #include <stdio.h>
 #include <fcntl.h>
 #include <linux/if.h>
+#include <linux/filter.h>
 #include <linux/if_tun.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +42,9 @@
 
 #include <node_api.h>
 #include <uv.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #ifndef TUN_F_USO4
 #define TUN_F_USO4 0x20
@@ -240,19 +245,7 @@ static weft_handle *get_handle(napi_env env, napi_value v, int kind) {
  * swaps the folded result once: the one's-complement sum is byte-order independent
  * (RFC 1071), which makes this several times faster than summing 16-bit words.
  */
-static uint64_t csum_add(uint64_t sum, const uint8_t *p, size_t len) {
-  uint64_t a = 0, b = 0, c = 0, d = 0;
-  while (len >= 16) {
-    uint32_t w[4];
-    memcpy(w, p, 16);
-    a += w[0];
-    b += w[1];
-    c += w[2];
-    d += w[3];
-    p += 16;
-    len -= 16;
-  }
-  a += b + c + d;
+static uint64_t csum_tail(uint64_t a, const uint8_t *p, size_t len) {
   while (len >= 4) {
     uint32_t w;
     memcpy(&w, p, 4);
@@ -277,7 +270,72 @@ static uint64_t csum_add(uint64_t sum, const uint8_t *p, size_t len) {
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   a = __builtin_bswap16((uint16_t)a);
 #endif
-  return sum + a;
+  return a;
+}
+
+/*
+ * The bulk of both sums below: adds the 32-bit native words of `src` (a multiple of 64
+ * bytes) into 64-bit lanes, copying them to `dst` on the way when `dst` is not NULL. AVX2
+ * when the CPU has it (one load, one store and two adds per 32 bytes), plain C otherwise.
+ */
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) static uint64_t sum_words_avx2(uint8_t *dst, const uint8_t *src, size_t len) {
+  __m256i a0 = _mm256_setzero_si256(), a1 = _mm256_setzero_si256();
+  const __m256i z = _mm256_setzero_si256();
+  for (size_t i = 0; i < len; i += 64) {
+    __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)(src + i));
+    __m256i y = _mm256_loadu_si256((const __m256i *)(const void *)(src + i + 32));
+    if (dst) {
+      _mm256_storeu_si256((__m256i *)(void *)(dst + i), x);
+      _mm256_storeu_si256((__m256i *)(void *)(dst + i + 32), y);
+    }
+    a0 = _mm256_add_epi64(a0, _mm256_unpacklo_epi32(x, z));
+    a1 = _mm256_add_epi64(a1, _mm256_unpackhi_epi32(x, z));
+    a0 = _mm256_add_epi64(a0, _mm256_unpacklo_epi32(y, z));
+    a1 = _mm256_add_epi64(a1, _mm256_unpackhi_epi32(y, z));
+  }
+  uint64_t lanes[4];
+  _mm256_storeu_si256((__m256i *)(void *)lanes, _mm256_add_epi64(a0, a1));
+  return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+#endif
+
+static uint64_t sum_words_c(uint8_t *dst, const uint8_t *src, size_t len) {
+  uint64_t a = 0, b = 0, c = 0, d = 0;
+  for (size_t i = 0; i < len; i += 16) {
+    uint32_t w[4];
+    memcpy(w, src + i, 16);
+    if (dst) memcpy(dst + i, w, 16);
+    a += w[0];
+    b += w[1];
+    c += w[2];
+    d += w[3];
+  }
+  return a + b + c + d;
+}
+
+static uint64_t sum_words(uint8_t *dst, const uint8_t *src, size_t len) {
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx2")) return sum_words_avx2(dst, src, len);
+#endif
+  return sum_words_c(dst, src, len);
+}
+
+static uint64_t csum_add(uint64_t sum, const uint8_t *p, size_t len) {
+  size_t bulk = len & ~(size_t)63;
+  uint64_t a = bulk ? sum_words(NULL, p, bulk) : 0;
+  return sum + csum_tail(a, p + bulk, len - bulk);
+}
+
+/*
+ * csum_add of `src` while copying it to `dst` (the two must not overlap): one pass over
+ * the bytes instead of a copy followed by a sum, for the payload of each segment.
+ */
+static uint64_t csum_copy(uint64_t sum, uint8_t *dst, const uint8_t *src, size_t len) {
+  size_t bulk = len & ~(size_t)63;
+  uint64_t a = bulk ? sum_words(dst, src, bulk) : 0;
+  memcpy(dst + bulk, src + bulk, len - bulk);
+  return sum + csum_tail(a, src + bulk, len - bulk);
 }
 
 static uint16_t csum_fold(uint64_t sum) {
@@ -399,7 +457,8 @@ static int segment_into(const uint8_t *pkt, int len, const vnet_hdr *v, int hdrl
     int slot = o->count + n;
     uint8_t *d = o->arena + (size_t)slot * (size_t)o->slot_size + (size_t)o->headroom;
     memcpy(d, pkt, (size_t)hdrlen);
-    memcpy(d + hdrlen, pkt + hdrlen + off, (size_t)chunk);
+    /* Payload copied and summed in one pass; it starts at an even offset of the L4 part. */
+    uint64_t psum = csum_copy(0, d + hdrlen, pkt + hdrlen + off, (size_t)chunk);
     int tot = hdrlen + chunk;
     wr16(d + 2, (uint16_t)tot);
     wr16(d + 4, (uint16_t)(id0 + n));
@@ -414,13 +473,13 @@ static int segment_into(const uint8_t *pkt, int len, const vnet_hdr *v, int hdrl
       l4[13] = f;
       l4[16] = l4[17] = 0;
       uint64_t s = pseudo4(d, 6, (uint32_t)l4len);
-      s = csum_add(s, l4, (size_t)l4len);
+      s = csum_add(s, l4, (size_t)(hdrlen - ihl)) + psum;
       wr16(l4 + 16, (uint16_t)~csum_fold(s));
     } else {
       wr16(l4 + 4, (uint16_t)l4len);
       l4[6] = l4[7] = 0;
       uint64_t s = pseudo4(d, 17, (uint32_t)l4len);
-      s = csum_add(s, l4, (size_t)l4len);
+      s = csum_add(s, l4, (size_t)(hdrlen - ihl)) + psum;
       uint16_t c = (uint16_t)~csum_fold(s);
       wr16(l4 + 6, c ? c : 0xffff);
     }
@@ -650,6 +709,53 @@ static void on_poll(uv_poll_t *p, int status, int events) {
   call_js(h);
   /* A super-packet left pending (batch was full) is not signalled by the fd: call again. */
   for (int i = 0; i < 8 && box->owner && !h->closed && h->callback && tun_has_pending(h); i++) call_js(h);
+}
+
+/*
+ * busyPoll(tunHandle, udpHandle, maxUs) -> readable mask (1 = TUN, 2 = socket, 0 = none).
+ * Spins for at most maxUs checking both fds with poll(..., 0), yielding the CPU between
+ * checks (sched_yield: any runnable task on this CPU goes first, so the spin only uses
+ * time nobody else wants). This is the forwarder's short busy-poll window after traffic:
+ * a reply arriving within it is handled without a sleep and wake-up (epoll, the scheduler,
+ * and on virtual machines a halted vCPU), which is most of a userspace hop's latency.
+ */
+static napi_value js_busy_poll(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  void *a = NULL, *b = NULL;
+  int32_t max_us = 0;
+  if (argc < 3 || napi_get_value_external(env, argv[0], &a) != napi_ok || !a ||
+      napi_get_value_external(env, argv[1], &b) != napi_ok || !b || !get_i32(env, argv[2], &max_us)) {
+    napi_throw_type_error(env, "WEFT_NATIVE", "busyPoll(tunHandle, udpHandle, maxUs)");
+    return NULL;
+  }
+  weft_handle *t = a, *u = b;
+  int mask = 0;
+  if (!t->closed && !u->closed && max_us > 0) {
+    struct pollfd fds[2] = {{t->fd, POLLIN, 0}, {u->fd, POLLIN, 0}};
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int64_t limit_ns = (int64_t)max_us * 1000;
+    for (;;) {
+      int r = poll(fds, 2, 0);
+      if (r > 0) {
+        if (fds[0].revents) mask |= 1;
+        if (fds[1].revents) mask |= 2;
+        break;
+      }
+      if (tun_has_pending(t)) {
+        mask |= 1;
+        break;
+      }
+      clock_gettime(CLOCK_MONOTONIC, &now);
+      if ((int64_t)(now.tv_sec - t0.tv_sec) * 1000000000 + (now.tv_nsec - t0.tv_nsec) >= limit_ns) break;
+      sched_yield();
+    }
+  }
+  napi_value res;
+  napi_create_int32(env, mask, &res);
+  return res;
 }
 
 /* startReading(handle, callback) */
@@ -1391,6 +1497,35 @@ static napi_value js_udp_open(napi_env env, napi_callback_info info) {
   return res;
 }
 
+/*
+ * udpAttachSteering(handle, program) -> undefined. Attaches a classic BPF program
+ * (Buffer of struct sock_filter, 8 bytes each) to the handle's SO_REUSEPORT group with
+ * SO_ATTACH_REUSEPORT_CBPF: the kernel runs it on each datagram (data starting at the UDP
+ * payload) and delivers to the socket whose index in the group it returns; an index out of
+ * range falls back to the kernel's own hash. The program is built in TypeScript
+ * (src/conn/steering.ts); here it is only handed over.
+ */
+static napi_value js_udp_attach_steering(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  weft_handle *h = argc >= 1 ? get_handle(env, argv[0], KIND_UDP) : NULL;
+  if (!h) return NULL;
+  uint8_t *prog = NULL;
+  size_t len = 0;
+  if (argc < 2 || !get_buffer(env, argv[1], &prog, &len) || len == 0 || len % sizeof(struct sock_filter) != 0 ||
+      len / sizeof(struct sock_filter) > 4096) {
+    napi_throw_type_error(env, "WEFT_NATIVE", "udpAttachSteering(handle, program: Buffer of 8-byte cBPF instructions)");
+    return NULL;
+  }
+  struct sock_fprog fp;
+  fp.len = (unsigned short)(len / sizeof(struct sock_filter));
+  fp.filter = (struct sock_filter *)prog;
+  if (setsockopt(h->fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &fp, sizeof fp) < 0)
+    return throw_errno(env, "SO_ATTACH_REUSEPORT_CBPF", errno);
+  return NULL;
+}
+
 static int64_t now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -1669,6 +1804,8 @@ NAPI_MODULE_INIT() {
       {"udpOpen", NULL, js_udp_open, NULL, NULL, NULL, napi_default, NULL},
       {"udpSend", NULL, js_udp_send, NULL, NULL, NULL, napi_default, NULL},
       {"udpRecv", NULL, js_udp_recv, NULL, NULL, NULL, napi_default, NULL},
+      {"udpAttachSteering", NULL, js_udp_attach_steering, NULL, NULL, NULL, napi_default, NULL},
+      {"busyPoll", NULL, js_busy_poll, NULL, NULL, NULL, napi_default, NULL},
       {"startReading", NULL, js_start, NULL, NULL, NULL, napi_default, NULL},
       {"stopReading", NULL, js_stop, NULL, NULL, NULL, napi_default, NULL},
       {"close", NULL, js_close, NULL, NULL, NULL, napi_default, NULL},

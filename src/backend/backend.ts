@@ -25,6 +25,16 @@ export interface BackendContext {
   readonly log: Logger;
   /** Turns off TUN/UDP offloads (everything still works, slower). */
   readonly offloads: boolean;
+  /**
+   * Forwarding threads of a userspace data path (weftd --workers; default 1 = the main
+   * thread only). Kernel data paths ignore it.
+   */
+  readonly workers?: number;
+  /**
+   * Busy-poll window of a userspace forwarder after traffic, in µs (weftd --busy-poll-us;
+   * default 0 = off). Kernel data paths ignore it.
+   */
+  readonly busyPollUs?: number;
 }
 
 export interface PreparedBackend {

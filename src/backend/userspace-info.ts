@@ -1,14 +1,16 @@
 /**
  * The DataplaneInfo of a userspace backend (udp, userspace vxlan): the forwarder's
- * counters and which offloads its TUN device and socket ended up with.
+ * counters (summed over the worker pool when there is one) and which offloads its TUN
+ * device and socket ended up with.
  */
 import type { DataplaneInfo } from './backend.ts';
-import type { Forwarder } from '../dataplane/forwarder.ts';
+import type { ForwarderSnapshot } from '../dataplane/forwarder.ts';
 import type { TunDevice } from '../tun/tun.ts';
 import type { PacketConn } from '../conn/conn.ts';
 
 export function userspaceDataplaneInfo(
-  fwd: Forwarder | undefined,
+  /** The forwarder, or a worker pool (whose snapshot sums all its workers). */
+  fwd: { snapshot(): ForwarderSnapshot } | undefined,
   tun: TunDevice | undefined,
   conn: PacketConn | undefined,
 ): DataplaneInfo {

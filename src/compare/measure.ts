@@ -30,6 +30,11 @@ export interface PathResult {
   readonly udpRttP99Us?: number;
   readonly smallPps?: number;
   readonly smallLossPct?: number;
+  /**
+   * Loss of 64-byte packets offered at a fixed rate (MeasureOptions.smallRatePps, the
+   * reference path's packets/s in bench/run.ts): "no loss below the kernel's rate".
+   */
+  readonly smallAtRateLossPct?: number;
   /** CPU of the forwarder processes during the TCP test, in cores (1.0 = one core busy). */
   readonly forwarderCpu?: number;
   /** Forwarder CPU seconds per Gbit transferred (lower is better). */
@@ -49,6 +54,8 @@ export interface MeasureOptions {
   readonly tcp4?: boolean;
   /** Also measure UDP request/response RTT (sockperf ping-pong, `seconds` long). */
   readonly udpRr?: boolean;
+  /** Also offer 64-byte packets at this rate (packets/s) and report the loss. */
+  readonly smallRatePps?: number;
   readonly progress?: (step: string) => void;
 }
 
@@ -110,11 +117,13 @@ async function waitListening(
   }
 }
 
+/** iperf3 UDP with 64-byte payloads at `ratePps` packets/s (0 = as fast as iperf3 can send). */
 async function udpSmallPackets(
   cluster: Cluster,
   from: Pod,
   to: Pod,
   seconds: number,
+  ratePps = 0,
 ): Promise<{ pps: number; lossPct: number }> {
   const port = 5999;
   const server = cluster.run.spawn(to.ns, 'iperf3', ['-s', '-1', '--forceflush', '-p', String(port)]);
@@ -123,7 +132,21 @@ async function udpSmallPackets(
     const out = await cluster.run.exec(
       from.ns,
       'iperf3',
-      ['-c', to.addr, '-p', String(port), '-u', '-l', '64', '-b', '0', '-t', String(seconds), '-J'],
+      // iperf3 -b counts payload bits.
+      [
+        '-c',
+        to.addr,
+        '-p',
+        String(port),
+        '-u',
+        '-l',
+        '64',
+        '-b',
+        String(Math.round(ratePps * 64 * 8)),
+        '-t',
+        String(seconds),
+        '-J',
+      ],
       { timeoutMs: (seconds + 20) * 1000 },
     );
     const j = JSON.parse(out) as {
@@ -250,6 +273,11 @@ async function measureRound(
   }
   progress(`64-byte UDP ${opts.seconds} s`);
   const small = await udpSmallPackets(cluster, a, b, opts.seconds);
+  let atRate: { lossPct: number } | undefined;
+  if (opts.smallRatePps !== undefined && opts.smallRatePps > 0) {
+    progress(`64-byte UDP at ${Math.round(opts.smallRatePps)} packets/s, ${opts.seconds} s`);
+    atRate = await udpSmallPackets(cluster, a, b, opts.seconds, opts.smallRatePps);
+  }
   const userspace = path.userspace && pids.length > 0;
   return {
     rttP50Us: percentile(ping.rtts, 50) * 1000,
@@ -260,6 +288,7 @@ async function measureRound(
     ...(rr ? { udpRttP50Us: rr.p50Us, udpRttP99Us: rr.p99Us } : {}),
     smallPps: small.pps,
     smallLossPct: small.lossPct,
+    ...(atRate ? { smallAtRateLossPct: atRate.lossPct } : {}),
     ...(userspace
       ? { forwarderCpu: cpu / wall, cpuSecondsPerGbit: cpu / Math.max(1e-9, tcp.gbps * opts.seconds) }
       : {}),

@@ -52,6 +52,11 @@ export class NativeConn implements PacketConn {
     this.sndbuf = r.sndbuf;
   }
 
+  /** The addon handle (undefined once closed), for calls that take several handles (busyPoll). */
+  get nativeHandle(): NativeHandle | undefined {
+    return this.handle;
+  }
+
   private h(): NativeHandle {
     if (!this.handle) {
       throw new DeviceError(
@@ -99,6 +104,22 @@ export class NativeConn implements PacketConn {
   /** Per-socket counters kept by the addon (GSO/GRO messages, EAGAINs, ...). */
   stats(): UdpCounters {
     return this.addon.stats(this.h()) as UdpCounters;
+  }
+
+  /**
+   * Attaches a classic BPF steering program to this socket's SO_REUSEPORT group (see
+   * src/conn/steering.ts): datagrams go to the group member whose index it returns.
+   */
+  attachSteering(program: Buffer): void {
+    try {
+      this.addon.udpAttachSteering(this.h(), program);
+    } catch (err) {
+      throw deviceError(
+        `attaching the steering program to ${formatIpv4(this.localAddr)}:${this.localPort}`,
+        err,
+        'the socket must be open with SO_REUSEPORT (workers > 1) and the program valid cBPF',
+      );
+    }
   }
 
   close(): void {

@@ -431,6 +431,8 @@ class Daemon implements DaemonHandle {
       stateDir: opts.stateDir,
       log: this.log,
       offloads: opts.offloads,
+      workers: opts.workers,
+      busyPollUs: opts.busyPollUs,
     };
     const create =
       this.deps.createBackend ??

@@ -6,6 +6,7 @@
  * can never drift apart. Flags win over the environment. Everything is validated here, at
  * start, with a ConfigError naming the flag, before anything touches the system.
  */
+import { MAX_BUSY_POLL_US } from '../dataplane/forwarder.ts';
 import { isIPv4 } from 'node:net';
 import { ConfigError } from '../util/errors.ts';
 
@@ -50,6 +51,10 @@ export interface DaemonOptions {
   readonly logLevel: string;
   /** TUN device of the udp backend. */
   readonly tunName: string;
+  /** Forwarding threads of a userspace data path (udp, userspace vxlan), 1..64. */
+  readonly workers: number;
+  /** Busy-poll window of a userspace forwarder after traffic (µs, 0 = off). */
+  readonly busyPollUs: number;
   /** Give the lease back on a graceful stop (default: keep it, so a restart keeps the subnet). */
   readonly releaseOnExit: boolean;
   /** Install the CNI plugin and conflist once ready (flannel's install-cni init container). */
@@ -146,6 +151,20 @@ export const FLAGS: readonly FlagSpec[] = [
   { name: 'state-dir', kind: 'string', dflt: '/var/lib/weft', help: 'state kept across restarts' },
   { name: 'log-level', kind: 'string', dflt: 'info', help: `one of ${LOG_LEVELS.join(', ')}` },
   { name: 'tun-name', kind: 'string', dflt: 'weft0', help: 'TUN device of the udp backend' },
+  {
+    name: 'workers',
+    kind: 'int',
+    dflt: '1',
+    help: 'forwarding threads of the userspace data path (udp, userspace vxlan), 1..64',
+    alsoEnv: ['WEFT_WORKERS'],
+  },
+  {
+    name: 'busy-poll-us',
+    kind: 'int',
+    dflt: '0',
+    help: `after traffic, keep polling TUN and socket this many µs before sleeping (0 = off, up to ${MAX_BUSY_POLL_US}; lower latency, costs CPU)`,
+    alsoEnv: ['WEFT_BUSY_POLL_US'],
+  },
   { name: 'release-on-exit', kind: 'bool', dflt: 'false', help: 'give the lease back on a graceful stop' },
   {
     name: 'install-cni',
@@ -337,6 +356,19 @@ export function parseOptions(
     );
   }
 
+  const workers = int('workers');
+  if (workers < 1 || workers > 64) {
+    throw new ConfigError('workers', `${workers} is out of range; use 1..64 (about one per core)`);
+  }
+
+  const busyPollUs = int('busy-poll-us');
+  if (busyPollUs < 0 || busyPollUs > MAX_BUSY_POLL_US) {
+    throw new ConfigError(
+      'busy-poll-us',
+      `${busyPollUs} is out of range; use 0 (off) to ${MAX_BUSY_POLL_US} microseconds`,
+    );
+  }
+
   return {
     iface: list('iface'),
     ifaceRegex,
@@ -364,6 +396,8 @@ export function parseOptions(
     stateDir,
     logLevel,
     tunName,
+    workers,
+    busyPollUs,
     releaseOnExit: bool('release-on-exit'),
     installCni: bool('install-cni'),
     cniConfFile: str('cni-conf-file'),

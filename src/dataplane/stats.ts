@@ -28,9 +28,12 @@ export const Counter = {
   /** Turns that stopped at maxBatchesPerTurn with data still coming (fairness yields). */
   tunTurnYields: 11,
   recvTurnYields: 12,
+  /** Busy-poll windows that found traffic (handled without sleeping) / that ran out. */
+  busyPollHits: 13,
+  busyPollMisses: 14,
 } as const;
 export type Counter = (typeof Counter)[keyof typeof Counter];
-const COUNTER_COUNT = 13;
+const COUNTER_COUNT = 15;
 const COUNTER_NAMES: readonly string[] = (() => {
   const names = new Array<string>(COUNTER_COUNT).fill('');
   for (const [name, i] of Object.entries(Counter)) names[i] = name;

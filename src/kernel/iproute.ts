@@ -73,6 +73,7 @@ interface JsonLink {
   ifname: string;
   ifindex: number;
   mtu: number;
+  txqlen?: number;
   flags?: string[];
   address?: string;
   linkinfo?: {
@@ -91,6 +92,7 @@ function toLink(j: JsonLink): LinkInfo {
     mtu: j.mtu,
     up: (j.flags ?? []).includes('UP'),
     mac: normalizeMac(j.address ?? '') ?? '',
+    ...(j.txqlen !== undefined ? { txqueuelen: j.txqlen } : {}),
     ...(kind !== undefined ? { kind } : {}),
     ...(kind === 'vxlan' && d
       ? {

@@ -31,6 +31,8 @@ export interface LinkInfo {
   readonly mtu: number;
   readonly up: boolean;
   readonly mac: string;
+  /** Transmit queue length, when the kernel reports it. */
+  readonly txqueuelen?: number;
   /** info_kind ("vxlan", "veth", "tun", ...); undefined for plain devices. */
   readonly kind?: string;
   /** Present when kind === "vxlan". */
@@ -72,7 +74,13 @@ export interface FdbSpec {
 export type KernelOp =
   | { readonly op: 'link-add-vxlan'; readonly spec: VxlanSpec }
   | { readonly op: 'link-del'; readonly name: string }
-  | { readonly op: 'link-up'; readonly name: string; readonly mtu?: number }
+  | {
+      readonly op: 'link-up';
+      readonly name: string;
+      readonly mtu?: number;
+      /** Device transmit queue length (for a TUN: packets queued for the reader). */
+      readonly txqueuelen?: number;
+    }
   | { readonly op: 'addr-replace'; readonly dev: string; readonly addr: IfAddr }
   | { readonly op: 'addr-del'; readonly dev: string; readonly addr: IfAddr }
   | { readonly op: 'route-replace'; readonly route: RouteSpec }
@@ -139,7 +147,12 @@ export function renderOp(op: KernelOp): { tool: OpTool; line: string } {
     case 'link-del':
       return { tool: 'ip', line: `link del ${op.name}` };
     case 'link-up':
-      return { tool: 'ip', line: `link set ${op.name}${op.mtu !== undefined ? ` mtu ${op.mtu}` : ''} up` };
+      return {
+        tool: 'ip',
+        line:
+          `link set ${op.name}${op.mtu !== undefined ? ` mtu ${op.mtu}` : ''}` +
+          `${op.txqueuelen !== undefined ? ` txqueuelen ${op.txqueuelen}` : ''} up`,
+      };
     case 'addr-replace':
       return { tool: 'ip', line: `addr replace ${formatIpv4(op.addr.addr)}/${op.addr.prefix} dev ${op.dev}` };
     case 'addr-del':

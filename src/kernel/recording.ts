@@ -163,7 +163,12 @@ export class RecordingKernel implements KernelNet {
       }
       case 'link-up': {
         const l = this.need(op.name, line);
-        l.info = { ...l.info, up: true, ...(op.mtu !== undefined ? { mtu: op.mtu } : {}) };
+        l.info = {
+          ...l.info,
+          up: true,
+          ...(op.mtu !== undefined ? { mtu: op.mtu } : {}),
+          ...(op.txqueuelen !== undefined ? { txqueuelen: op.txqueuelen } : {}),
+        };
         return;
       }
       case 'addr-replace': {

@@ -120,6 +120,17 @@ export interface WeftIoAddon {
     addr: Uint32Array,
     port: Uint16Array,
   ): number;
+  /**
+   * Attaches a classic BPF program (struct sock_filter array, 8 bytes per instruction) to
+   * the SO_REUSEPORT group of this socket (SO_ATTACH_REUSEPORT_CBPF). The program sees the
+   * datagram from the UDP payload on and returns the index of the socket to deliver to.
+   */
+  udpAttachSteering(h: NativeHandle, program: Buffer): void;
+  /**
+   * Spins up to maxUs (yielding the CPU between checks) until the TUN handle or the UDP
+   * handle is readable. Returns a mask: 1 = TUN readable, 2 = socket readable, 0 = neither.
+   */
+  busyPoll(tun: NativeHandle, udp: NativeHandle, maxUs: number): number;
   startReading(h: NativeHandle, onReadable: () => void): void;
   stopReading(h: NativeHandle): void;
   close(h: NativeHandle): void;

@@ -58,6 +58,11 @@ export class NativeTun implements TunDevice {
     };
   }
 
+  /** The addon handle (undefined once closed), for calls that take several handles (busyPoll). */
+  get nativeHandle(): NativeHandle | undefined {
+    return this.handle;
+  }
+
   private h(): NativeHandle {
     if (!this.handle)
       throw new DeviceError(`TUN device ${this.name} is closed; open it again with openTun()`);

@@ -136,3 +136,12 @@ void test('--help lists every flag with its environment variable', () => {
   assert.match(text, /\(default \/run\/weft\/subnet\.env\)/);
   assert.equal(parseOptions(['--help'], {}).help, true);
 });
+
+void test('--busy-poll-us / WEFT_BUSY_POLL_US: 0 (off) by default, 0..10000 µs', () => {
+  assert.equal(parseOptions([], {}).busyPollUs, 0);
+  assert.equal(parseOptions(['--busy-poll-us', '150'], {}).busyPollUs, 150);
+  assert.equal(parseOptions([], { WEFT_BUSY_POLL_US: '80' }).busyPollUs, 80);
+  assert.equal(parseOptions(['--busy-poll-us=10000'], {}).busyPollUs, 10000);
+  rejects(['--busy-poll-us', '10001'], {}, 'busy-poll-us', /out of range; use 0 \(off\) to 10000/);
+  rejects(['--busy-poll-us', '-1'], {}, 'busy-poll-us', /out of range/);
+});

@@ -93,7 +93,7 @@ void test('start configures the TUN like flannel, peers forward packets both way
   }
   assert.deepEqual(a.kernel.ops, [
     'ip addr replace 10.50.1.0/32 dev wtest0',
-    'ip link set wtest0 mtu 1472 up',
+    'ip link set wtest0 mtu 1472 txqueuelen 2000 up',
     'ip route replace 10.50.0.0/16 dev wtest0',
     'sysctl -w net/ipv4/conf/wtest0/accept_local=1',
   ]);

@@ -12,6 +12,7 @@ import { Cluster, WEFT_TUN } from '../../src/netns/topology.ts';
 import type { ClusterNode } from '../../src/netns/topology.ts';
 import { setTimeout as sleep } from 'node:timers/promises';
 
+import { TUN_TXQUEUELEN } from '../../src/backend/udp/udp.ts';
 import { cidrContains, cidrOverlaps, formatIpv4, parseIpv4 } from '../../src/routing/ipv4.ts';
 
 /** Prints "<error code> <ms>" for a TCP connect to argv[1]:80 (or "connected"/"timeout"). */
@@ -59,6 +60,11 @@ for (const offloads of [true, false]) {
           }
           assert.equal(a0.addr, formatIpv4((s1.subnet.addr + 10) >>> 0));
           assert.equal((await run.exec(n1.ns, 'cat', [`/sys/class/net/${WEFT_TUN}/mtu`])).trim(), '1472');
+          assert.equal(
+            (await run.exec(n1.ns, 'cat', [`/sys/class/net/${WEFT_TUN}/tx_queue_len`])).trim(),
+            String(TUN_TXQUEUELEN),
+            'the TUN queue is deeper than the kernel default of 500',
+          );
           assert.equal((await cluster.execPod(b1, 'cat', ['/sys/class/net/eth0/mtu'])).trim(), '1472');
         },
       );

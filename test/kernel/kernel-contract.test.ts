@@ -30,7 +30,7 @@ function vxlanOps(): KernelOp[] {
       },
     },
     { op: 'addr-replace', dev: 'weft.1', addr: { addr: ip('10.5.1.0'), prefix: 32 } },
-    { op: 'link-up', name: 'weft.1', mtu: 1450 },
+    { op: 'link-up', name: 'weft.1', mtu: 1450, txqueuelen: 4321 },
     { op: 'neigh-replace', neigh: { addr: ip('10.5.2.0'), lladdr: MAC_B, dev: 'weft.1' } },
     { op: 'fdb-append', fdb: { mac: MAC_B, dev: 'weft.1', dst: ip('198.18.0.2') } },
     {
@@ -60,6 +60,7 @@ function contract(name: string, make: () => Promise<KernelNet>, teardown: () => 
       assert.equal(l.kind, 'vxlan');
       assert.equal(l.mac, MAC_A);
       assert.equal(l.mtu, 1450);
+      assert.equal(l.txqueuelen, 4321);
       assert.equal(l.up, true);
       assert.deepEqual(l.vxlan, {
         vni: 1,
@@ -168,7 +169,7 @@ void test('renderOp: every operation is one iproute2 batch line', () => {
   assert.deepEqual(lines, [
     `ip link add weft.1 address ${MAC_A} mtu 1450 type vxlan id 1 local 198.18.0.1 dev eth0 dstport 8472 nolearning`,
     'ip addr replace 10.5.1.0/32 dev weft.1',
-    'ip link set weft.1 mtu 1450 up',
+    'ip link set weft.1 mtu 1450 txqueuelen 4321 up',
     `ip neigh replace 10.5.2.0 lladdr ${MAC_B} dev weft.1 nud permanent`,
     `bridge fdb append ${MAC_B} dev weft.1 dst 198.18.0.2`,
     'ip route replace 10.5.2.0/24 via 10.5.2.0 dev weft.1 onlink',

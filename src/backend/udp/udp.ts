@@ -15,12 +15,19 @@
  * the backend opens a new one, puts address, MTU and route back and swaps it into a fresh
  * forwarder with the same peers and counters; a device that is only down or lost its
  * address is fixed in place. The vxlan userspace plane uses the same watch.
+ *
+ * With ctx.workers = N > 1 the device is opened multi-queue and the socket with
+ * SO_REUSEPORT, and a WorkerPool (src/dataplane/workers/pool.ts) runs N-1 more forwarders
+ * in threads, each on its own queue and socket; the main forwarder is worker 0. A recreated
+ * device gets a new pool (all queues reopened) with the same peers and counters.
  */
 import { userspaceDataplaneInfo } from '../userspace-info.ts';
 import { networkInterfaces } from 'node:os';
 import type { Backend, BackendContext, BackendStats, DataplaneInfo, PreparedBackend } from '../backend.ts';
 import type { ConnOptions, PacketConn } from '../../conn/conn.ts';
 import { Forwarder } from '../../dataplane/forwarder.ts';
+import { rebuildPool, WorkerPool, workersStat } from '../../dataplane/workers/pool.ts';
+import type { PoolCarry } from '../../dataplane/workers/pool.ts';
 import type { Peer } from '../../dataplane/peer.ts';
 import { PeerIdAllocator } from '../../dataplane/peer.ts';
 import { UdpEncap } from '../../encap/encap.ts';
@@ -48,6 +55,8 @@ export interface UdpDeps {
     name: string;
     mtu: number;
     offloads: boolean;
+    /** IFF_MULTI_QUEUE (set when ctx.workers > 1). */
+    multiQueue?: boolean;
   }) => TunDevice | Promise<TunDevice>;
   /** Default: the native socket (src/conn/native-conn.ts), loaded on first use. */
   readonly openConn?: (opts: ConnOptions) => PacketConn | Promise<PacketConn>;
@@ -152,6 +161,7 @@ export function forwarderWithTun(old: Forwarder, tun: TunDevice, conn: PacketCon
     icmpForIcmpQueries: old.icmpForIcmpQueries,
     maxBatchesPerTurn: old.maxBatchesPerTurn,
     keepaliveIntervalMs: old.keepaliveIntervalMs,
+    busyPollUs: old.busyPollUs,
   });
 }
 
@@ -226,11 +236,19 @@ export async function checkAndRepairTun(
   return { tun, fwd, tunIndex };
 }
 
+/**
+ * Transmit queue of a userspace backend's TUN device: packets the kernel holds for weftd
+ * to read. The kernel's default (500) overflows when a burst of small packets meets a
+ * forwarder that is briefly off the CPU (64-byte UDP at kernel VXLAN's rate lost 2-3% at
+ * the TUN on 2 shared cores); 2000 absorbs ~40 ms of such a burst.
+ */
+export const TUN_TXQUEUELEN = 2000;
+
 /** The kernel settings of a userspace backend's TUN device. */
 export function tunSetupOps(name: string, lease: Lease, mtu: number, network: Ipv4Cidr): KernelOp[] {
   return [
     { op: 'addr-replace', dev: name, addr: { addr: lease.subnet.addr, prefix: 32 } },
-    { op: 'link-up', name, mtu },
+    { op: 'link-up', name, mtu, txqueuelen: TUN_TXQUEUELEN },
     { op: 'route-replace', route: { dst: network, dev: name } },
     // The ICMP errors we write into the TUN come from its own address: let the kernel take them.
     { op: 'iface-sysctl', dev: name, key: 'accept_local', value: '1' },
@@ -258,6 +276,10 @@ export class UdpBackend implements Backend {
   private tun: TunDevice | undefined;
   private conn: PacketConn | undefined;
   private fwd: Forwarder | undefined;
+  /** The forwarding threads beyond the main one (ctx.workers > 1). */
+  private pool: WorkerPool | undefined;
+  /** Forwarding threads in all (ctx.workers, default 1). */
+  readonly workers: number;
   private readonly ids = new PeerIdAllocator();
   /** Peers by lease key: what the forwarder holds (or will hold once started). */
   private readonly peers = new Map<string, Peer>();
@@ -280,6 +302,7 @@ export class UdpBackend implements Backend {
     this.kernel = deps.kernel ?? new IpRouteKernel();
     this.log = ctx.log.child({ component: 'backend-udp' });
     this.port = udpPort(ctx);
+    this.workers = ctx.workers ?? 1;
     this.watch = new TunWatch(deps.deviceCheckMs ?? DEFAULT_DEVICE_CHECK_MS, (full) =>
       this.checkDevice(full),
     );
@@ -305,7 +328,13 @@ export class UdpBackend implements Backend {
     }
     const openTun = this.deps.openTun ?? (await import('../../tun/native-tun.ts')).openTun;
     const openConn = this.deps.openConn ?? (await import('../../conn/native-conn.ts')).openConn;
-    const tun = await openTun({ name, mtu, offloads: this.ctx.offloads });
+    const multi = this.workers > 1;
+    const tun = await openTun({
+      name,
+      mtu,
+      offloads: this.ctx.offloads,
+      ...(multi ? { multiQueue: true } : {}),
+    });
     this.tun = tun;
     try {
       const ops: KernelOp[] = [];
@@ -320,6 +349,7 @@ export class UdpBackend implements Backend {
         bindAddr: this.ctx.underlay.addr,
         port: this.port,
         offloads: this.ctx.offloads,
+        ...(multi ? { reusePort: true } : {}),
       });
       this.fwd = new Forwarder({
         tun,
@@ -328,9 +358,11 @@ export class UdpBackend implements Backend {
         local: { subnet: lease.subnet, tunAddr: lease.subnet.addr },
         port: this.port,
         keepaliveIntervalMs: keepaliveSeconds(this.ctx.network.backend) * 1000,
+        busyPollUs: this.ctx.busyPollUs ?? 0,
       });
       this.fwd.setPeers(this.peers.values());
       this.fwd.start();
+      if (multi) this.pool = await this.startPool(this.fwd, this.conn);
       this.lease = lease;
       this.tunIndex = (await this.kernel.getLink(name))?.index ?? -1;
       this.watch.start();
@@ -347,6 +379,7 @@ export class UdpBackend implements Backend {
         bind: `${formatIpv4(this.ctx.underlay.addr)}:${this.port}`,
         tunOffloads: tun.offloads,
         connOffloads: this.conn?.offloads,
+        workers: this.workers,
       },
       'udp data path running',
     );
@@ -359,7 +392,7 @@ export class UdpBackend implements Backend {
         const p = this.peers.get(key);
         if (p) {
           this.peers.delete(key);
-          this.fwd?.removePeer(p);
+          (this.pool ?? this.fwd)?.removePeer(p);
           this.ids.release(key);
         }
         this.ignoredKeys.delete(key);
@@ -379,7 +412,7 @@ export class UdpBackend implements Backend {
         continue;
       }
       const old = this.peers.get(key);
-      if (old) this.fwd?.removePeer(old);
+      if (old) (this.pool ?? this.fwd)?.removePeer(old);
       const peer: Peer = {
         id: this.ids.acquire(key),
         subnet: e.lease.subnet,
@@ -388,13 +421,30 @@ export class UdpBackend implements Backend {
         leaseKey: key,
       };
       this.peers.set(key, peer);
-      this.fwd?.addPeer(peer);
+      (this.pool ?? this.fwd)?.addPeer(peer);
     }
   }
 
-  /** The forwarder (tests, status). */
+  /** The forwarder (tests, status); with workers, the main thread's (worker 0). */
   get forwarder(): Forwarder | undefined {
     return this.fwd;
+  }
+
+  /** The worker pool when ctx.workers > 1 (tests, status). */
+  get workerPool(): WorkerPool | undefined {
+    return this.pool;
+  }
+
+  private startPool(main: Forwarder, conn: PacketConn, carry?: PoolCarry): Promise<WorkerPool> {
+    return WorkerPool.start({
+      workers: this.workers,
+      main,
+      mainConn: conn,
+      tun: { name: this.tunName, mtu: this.mtu, offloads: this.ctx.offloads },
+      conn: { bindAddr: this.ctx.underlay.addr, port: this.port, offloads: this.ctx.offloads },
+      log: this.log,
+      ...(carry ? { carry } : {}),
+    });
   }
 
   /** Checks the TUN device now and repairs it if needed (tests; also every deviceCheckMs). */
@@ -422,18 +472,28 @@ export class UdpBackend implements Backend {
           name: this.tunName,
           mtu: this.mtu,
           offloads: this.ctx.offloads,
+          ...(this.workers > 1 ? { multiQueue: true } : {}),
         }),
       full,
       counters: this.repairs,
       log: this.log,
     });
+    const recreated = r.fwd !== this.fwd;
     this.tun = r.tun;
     this.fwd = r.fwd;
     this.tunIndex = r.tunIndex;
+    if (recreated && this.pool && r.fwd) {
+      // The workers' queues belonged to the old device: a new pool reopens them all.
+      this.pool = await rebuildPool(
+        this.pool,
+        (carry) => this.startPool(r.fwd as Forwarder, conn, carry),
+        this.log,
+      );
+    }
   }
 
   dataplaneInfo(): DataplaneInfo {
-    return userspaceDataplaneInfo(this.fwd, this.tun, this.conn);
+    return userspaceDataplaneInfo(this.pool ?? this.fwd, this.tun, this.conn);
   }
 
   stats(): BackendStats {
@@ -446,7 +506,8 @@ export class UdpBackend implements Backend {
     };
     const fwd = this.fwd;
     if (fwd) {
-      const s = fwd.snapshot();
+      const s = (this.pool ?? fwd).snapshot();
+      if (this.pool) out.workers = workersStat(this.pool);
       out.running = s.running ? 1 : 0;
       out.routes = s.routes;
       out.counters = { ...s.counters };
@@ -470,6 +531,9 @@ export class UdpBackend implements Backend {
   private async teardown(): Promise<void> {
     await this.watch.stop();
     this.lease = undefined;
+    const pool = this.pool;
+    this.pool = undefined;
+    await pool?.close();
     this.fwd?.stop();
     this.fwd = undefined;
     this.conn?.close();

@@ -13,12 +13,18 @@
  * Like the udp backend, the plane checks its TUN device every second (TunWatch from the udp
  * backend): a deleted device is opened again with address, MTU and route, and a fresh
  * forwarder with the same peers and counters takes over.
+ *
+ * With ctx.workers = N > 1 the TUN device is multi-queue, the socket SO_REUSEPORT, and a
+ * WorkerPool (src/dataplane/workers/pool.ts) runs N-1 more forwarders in threads; received
+ * frames are steered to them by inner flow (inner IPv4 at payload offset 22).
  */
 import { userspaceDataplaneInfo } from '../userspace-info.ts';
 import type { DataplaneInfo } from '../backend.ts';
 import { openConn } from '../../conn/native-conn.ts';
 import type { PacketConn } from '../../conn/conn.ts';
 import { Forwarder } from '../../dataplane/forwarder.ts';
+import { rebuildPool, WorkerPool, workersStat } from '../../dataplane/workers/pool.ts';
+import type { PoolCarry } from '../../dataplane/workers/pool.ts';
 import type { Peer } from '../../dataplane/peer.ts';
 import { PeerIdAllocator } from '../../dataplane/peer.ts';
 import { VxlanEncap } from '../../encap/encap.ts';
@@ -43,6 +49,8 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
   private tun: TunDevice | undefined;
   private conn: PacketConn | undefined;
   private fwd: Forwarder | undefined;
+  /** The forwarding threads beyond the main one (ctx.workers > 1). */
+  private pool: WorkerPool | undefined;
   private lease: Lease | undefined;
   private readonly ids = new PeerIdAllocator();
   private readonly wanted = new Map<string, VxlanPeerPlan>();
@@ -84,7 +92,8 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       this.log.warn({ device: name, kind: existing.kind }, 'a non-TUN device holds our name; deleting it');
       await kernel.apply([{ op: 'link-del', name }]);
     }
-    const tun = openTun({ name, mtu, offloads: ctx.offloads });
+    const multi = (ctx.workers ?? 1) > 1;
+    const tun = openTun({ name, mtu, offloads: ctx.offloads, multiQueue: multi });
     this.tun = tun;
     try {
       const ops: KernelOp[] = [];
@@ -93,7 +102,12 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       }
       ops.push(...tunSetupOps(name, lease, mtu, ctx.network.network));
       await kernel.apply(ops);
-      const conn = openConn({ bindAddr: ctx.underlay.addr, port: options.port, offloads: ctx.offloads });
+      const conn = openConn({
+        bindAddr: ctx.underlay.addr,
+        port: options.port,
+        offloads: ctx.offloads,
+        reusePort: multi,
+      });
       this.conn = conn;
       const vtep = macBytes(this.p.mac);
       this.fwd = new Forwarder({
@@ -104,16 +118,28 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
         port: options.port,
         checkPeerPort: false,
         keepaliveIntervalMs: (options.keepalive ?? 0) * 1000,
+        busyPollUs: this.p.ctx.busyPollUs ?? 0,
       });
       this.fwd.start();
+      if (multi) this.pool = await this.startPool(this.fwd, conn);
       this.tunIndex = (await kernel.getLink(name))?.index ?? -1;
       this.watch.start();
     } catch (err) {
+      const pool = this.pool;
+      this.pool = undefined;
+      await pool?.close();
       this.closeDevices();
       throw err;
     }
     this.log.info(
-      { device: name, vni: options.vni, port: options.port, mtu, offloads: tun.offloads },
+      {
+        device: name,
+        vni: options.vni,
+        port: options.port,
+        mtu,
+        offloads: tun.offloads,
+        workers: ctx.workers ?? 1,
+      },
       'userspace VXLAN data plane running',
     );
   }
@@ -125,7 +151,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
   }
 
   commit(): void {
-    const fwd = this.fwd;
+    const fwd = this.pool ?? this.fwd;
     if (!fwd) return;
     for (const [key, peer] of [...this.inForwarder]) {
       const want = this.wanted.get(key);
@@ -175,23 +201,50 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       tunIndex: this.tunIndex,
       fwd: this.fwd,
       peers: () => this.inForwarder.values(),
-      openTun: () => Promise.resolve(openTun({ name: this.device, mtu, offloads: ctx.offloads })),
+      openTun: () =>
+        Promise.resolve(
+          openTun({ name: this.device, mtu, offloads: ctx.offloads, multiQueue: (ctx.workers ?? 1) > 1 }),
+        ),
       full,
       counters: this.repairs,
       log: this.log,
     });
+    const recreated = r.fwd !== this.fwd;
     this.tun = r.tun;
     this.fwd = r.fwd;
     this.tunIndex = r.tunIndex;
+    if (recreated && this.pool && r.fwd) {
+      // The workers' queues belonged to the old device: a new pool reopens them all.
+      const main = r.fwd;
+      this.pool = await rebuildPool(this.pool, (carry) => this.startPool(main, conn, carry), this.log);
+    }
   }
 
-  /** The forwarder (tests, status). */
+  private startPool(main: Forwarder, conn: PacketConn, carry?: PoolCarry): Promise<WorkerPool> {
+    const { ctx, mtu, options } = this.p;
+    return WorkerPool.start({
+      workers: ctx.workers ?? 1,
+      main,
+      mainConn: conn,
+      tun: { name: this.device, mtu, offloads: ctx.offloads },
+      conn: { bindAddr: ctx.underlay.addr, port: options.port, offloads: ctx.offloads },
+      log: this.log,
+      ...(carry ? { carry } : {}),
+    });
+  }
+
+  /** The forwarder (tests, status); with workers, the main thread's (worker 0). */
   get forwarder(): Forwarder | undefined {
     return this.fwd;
   }
 
+  /** The worker pool when ctx.workers > 1 (tests, status). */
+  get workerPool(): WorkerPool | undefined {
+    return this.pool;
+  }
+
   dataplaneInfo(): DataplaneInfo {
-    return userspaceDataplaneInfo(this.fwd, this.tun, this.conn);
+    return userspaceDataplaneInfo(this.pool ?? this.fwd, this.tun, this.conn);
   }
 
   stats(): Record<string, number | Record<string, number>> {
@@ -203,7 +256,8 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       ...this.repairs,
     };
     if (fwd) {
-      const s = fwd.snapshot();
+      const s = (this.pool ?? fwd).snapshot();
+      if (this.pool) out['workers'] = workersStat(this.pool);
       out['counters'] = { ...s.counters };
       out['drops'] = { ...s.drops };
     }
@@ -214,6 +268,9 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
     await this.watch.stop();
     await this.direct.stop();
     await this.direct.removeAll();
+    const pool = this.pool;
+    this.pool = undefined;
+    await pool?.close();
     this.closeDevices();
     this.inForwarder.clear();
     if (this.lease) {
