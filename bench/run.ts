@@ -44,7 +44,9 @@ const ROWS: readonly PathSpec[] = [
   pathById('direct'),
   pathById('kernel-vxlan'),
   pathById('udp'),
+  pathById('udp-w2'),
   pathById('vxlan-user'),
+  pathById('vxlan-user-w2'),
   pathById('vxlan-kernel'),
   pathById('host-gw'),
   pathById('wireguard'),
@@ -298,7 +300,7 @@ async function main(): Promise<number> {
   process.stdout.write(
     `\nPod to pod across 2 nodes in network namespaces (veth underlay, MTU 1500); each figure is the median of ${runs} run${runs > 1 ? 's' : ''} (min-max)\n` +
       `TCP: iperf3 ${seconds} s, 1 and 4 streams; ping: ${pings} x 10 ms; UDP RR: sockperf ping-pong 64 B, ${seconds} s, full RTT;\n` +
-      `64B: iperf3 UDP 64-byte payloads, unlimited rate, ${seconds} s, and (rows after kernel VXLAN) at kernel VXLAN's rate; vs kVX = ratio to kernel VXLAN; CPU s/Gbit = forwarder CPU during TCP 1 stream\n` +
+      `64B: iperf3 UDP 64-byte payloads, unlimited rate, ${seconds} s, and (rows after kernel VXLAN) at kernel VXLAN's rate with 4 MiB socket buffers; vs kVX = ratio to kernel VXLAN; CPU s/Gbit = forwarder CPU during TCP 1 stream\n` +
       `(1-min load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after, on ${cpus().length} CPUs: other work on the machine lowers every row)\n\n`,
   );
   process.stdout.write(`${renderBenchTable(summaries)}\n`);

@@ -32,7 +32,7 @@ export interface BackendContext {
   readonly workers?: number;
   /**
    * Busy-poll window of a userspace forwarder after traffic, in µs (weftd --busy-poll-us;
-   * default 0 = off). Kernel data paths ignore it.
+   * default DEFAULT_BUSY_POLL_US; 0 = off). Kernel data paths ignore it.
    */
   readonly busyPollUs?: number;
 }

@@ -117,7 +117,13 @@ async function waitListening(
   }
 }
 
-/** iperf3 UDP with 64-byte payloads at `ratePps` packets/s (0 = as fast as iperf3 can send). */
+/**
+ * iperf3 UDP with 64-byte payloads at `ratePps` packets/s (0 = as fast as iperf3 can send).
+ * At a fixed rate the sockets get 4 MiB buffers (-w): the question there is whether the path
+ * loses packets, and with iperf3's default 208 KiB receive buffer the losses seen at that
+ * rate were all at the receiving pod's socket (UdpRcvbufErrors in the pod, none in the
+ * nodes), i.e. the receiving program briefly off the CPU, not the path.
+ */
 async function udpSmallPackets(
   cluster: Cluster,
   from: Pod,
@@ -145,6 +151,7 @@ async function udpSmallPackets(
         String(Math.round(ratePps * 64 * 8)),
         '-t',
         String(seconds),
+        ...(ratePps > 0 ? ['-w', '4M'] : []),
         '-J',
       ],
       { timeoutMs: (seconds + 20) * 1000 },

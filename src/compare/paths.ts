@@ -59,6 +59,14 @@ export const PATHS: readonly PathSpec[] = [
     setup: async (c) => void (await c.startWeftdAll({ backend: 'udp' })),
   },
   {
+    id: 'udp-w2',
+    name: 'weft udp, 2 workers',
+    overheadBytes: 28,
+    how: 'weft udp with --workers 2: two TUN queues, two threads, reuseport steering',
+    userspace: true,
+    setup: async (c) => void (await c.startWeftdAll({ backend: 'udp', extraArgs: ['--workers', '2'] })),
+  },
+  {
     id: 'vxlan-user',
     name: 'weft vxlan (userspace)',
     overheadBytes: 50,
@@ -66,6 +74,19 @@ export const PATHS: readonly PathSpec[] = [
     userspace: true,
     setup: async (c) =>
       void (await c.startWeftdAll({ backend: 'vxlan', backendOptions: { Dataplane: 'userspace' } })),
+  },
+  {
+    id: 'vxlan-user-w2',
+    name: 'weft vxlan (userspace), 2 workers',
+    overheadBytes: 50,
+    how: 'weft userspace vxlan with --workers 2',
+    userspace: true,
+    setup: async (c) =>
+      void (await c.startWeftdAll({
+        backend: 'vxlan',
+        backendOptions: { Dataplane: 'userspace' },
+        extraArgs: ['--workers', '2'],
+      })),
   },
   {
     id: 'vxlan-kernel',

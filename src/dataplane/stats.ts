@@ -31,9 +31,11 @@ export const Counter = {
   /** Busy-poll windows that found traffic (handled without sleeping) / that ran out. */
   busyPollHits: 13,
   busyPollMisses: 14,
+  /** Turns after which the busy-poll budget (10% of wall time) was already spent. */
+  busyPollSkipped: 15,
 } as const;
 export type Counter = (typeof Counter)[keyof typeof Counter];
-const COUNTER_COUNT = 15;
+const COUNTER_COUNT = 16;
 const COUNTER_NAMES: readonly string[] = (() => {
   const names = new Array<string>(COUNTER_COUNT).fill('');
   for (const [name, i] of Object.entries(Counter)) names[i] = name;

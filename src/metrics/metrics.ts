@@ -203,6 +203,20 @@ export function createMetrics(src: MetricsSources): Registry {
     },
   });
   new Counter({
+    name: 'weft_dataplane_busy_poll_total',
+    help: 'Busy-poll windows after small turns (weftd --busy-poll-us), by outcome (hit: traffic handled without sleeping, miss: the window ran out, skipped: over the 10% CPU budget)',
+    labelNames: ['outcome'],
+    registers: r,
+    collect() {
+      this.reset();
+      const c = src.forwarder()?.counters;
+      if (!c) return;
+      setCounter(this, { outcome: 'hit' }, c.busyPollHits ?? 0);
+      setCounter(this, { outcome: 'miss' }, c.busyPollMisses ?? 0);
+      setCounter(this, { outcome: 'skipped' }, c.busyPollSkipped ?? 0);
+    },
+  });
+  new Counter({
     name: 'weft_dataplane_icmp_unreachable_total',
     help: 'ICMP net-unreachable replies written back to the TUN (no route)',
     registers: r,

@@ -137,8 +137,9 @@ void test('--help lists every flag with its environment variable', () => {
   assert.equal(parseOptions(['--help'], {}).help, true);
 });
 
-void test('--busy-poll-us / WEFT_BUSY_POLL_US: 0 (off) by default, 0..10000 µs', () => {
-  assert.equal(parseOptions([], {}).busyPollUs, 0);
+void test('--busy-poll-us / WEFT_BUSY_POLL_US: 100 by default, 0 (off)..10000 µs', () => {
+  assert.equal(parseOptions([], {}).busyPollUs, 100);
+  assert.equal(parseOptions(['--busy-poll-us', '0'], {}).busyPollUs, 0);
   assert.equal(parseOptions(['--busy-poll-us', '150'], {}).busyPollUs, 150);
   assert.equal(parseOptions([], { WEFT_BUSY_POLL_US: '80' }).busyPollUs, 80);
   assert.equal(parseOptions(['--busy-poll-us=10000'], {}).busyPollUs, 10000);

@@ -58,6 +58,9 @@ function fwd(sent: number): ForwarderSnapshot {
       recvPackets: 5,
       recvBytes: 500,
       icmpUnreachableSent: 2,
+      busyPollHits: 40,
+      busyPollMisses: 9,
+      busyPollSkipped: 1,
     },
     drops: { noRoute: 2, ttlExpired: 0, spoofedSource: 7 },
     batchSizes: { tunRead: [1, 2, 0, 0, 0, 0, 0, 0], recv: [3, 0, 0, 0, 0, 0, 0, 0] },
@@ -93,6 +96,9 @@ void test('daemon, lease, data path and per-peer series with Prometheus names', 
   has('weft_dataplane_drops_total{reason="no_route"} 2');
   has('weft_dataplane_drops_total{reason="spoofed_source"} 7');
   has('weft_dataplane_icmp_unreachable_total 2');
+  has('weft_dataplane_busy_poll_total{outcome="hit"} 40');
+  has('weft_dataplane_busy_poll_total{outcome="miss"} 9');
+  has('weft_dataplane_busy_poll_total{outcome="skipped"} 1');
   has('weft_peer_packets_total{peer_subnet="10.244.2.0/24",peer_ip="198.18.0.2",direction="tx"} 10');
   has('weft_peer_bytes_total{peer_subnet="10.244.2.0/24",peer_ip="198.18.0.2",direction="rx"} 500');
   has('weft_dataplane_batches_total{side="tun_read",size="2-3"} 2');

@@ -25,7 +25,7 @@ import { userspaceDataplaneInfo } from '../userspace-info.ts';
 import { networkInterfaces } from 'node:os';
 import type { Backend, BackendContext, BackendStats, DataplaneInfo, PreparedBackend } from '../backend.ts';
 import type { ConnOptions, PacketConn } from '../../conn/conn.ts';
-import { Forwarder } from '../../dataplane/forwarder.ts';
+import { DEFAULT_BUSY_POLL_US, Forwarder } from '../../dataplane/forwarder.ts';
 import { rebuildPool, WorkerPool, workersStat } from '../../dataplane/workers/pool.ts';
 import type { PoolCarry } from '../../dataplane/workers/pool.ts';
 import type { Peer } from '../../dataplane/peer.ts';
@@ -358,7 +358,7 @@ export class UdpBackend implements Backend {
         local: { subnet: lease.subnet, tunAddr: lease.subnet.addr },
         port: this.port,
         keepaliveIntervalMs: keepaliveSeconds(this.ctx.network.backend) * 1000,
-        busyPollUs: this.ctx.busyPollUs ?? 0,
+        busyPollUs: this.ctx.busyPollUs ?? DEFAULT_BUSY_POLL_US,
       });
       this.fwd.setPeers(this.peers.values());
       this.fwd.start();

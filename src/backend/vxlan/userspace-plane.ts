@@ -22,7 +22,7 @@ import { userspaceDataplaneInfo } from '../userspace-info.ts';
 import type { DataplaneInfo } from '../backend.ts';
 import { openConn } from '../../conn/native-conn.ts';
 import type { PacketConn } from '../../conn/conn.ts';
-import { Forwarder } from '../../dataplane/forwarder.ts';
+import { DEFAULT_BUSY_POLL_US, Forwarder } from '../../dataplane/forwarder.ts';
 import { rebuildPool, WorkerPool, workersStat } from '../../dataplane/workers/pool.ts';
 import type { PoolCarry } from '../../dataplane/workers/pool.ts';
 import type { Peer } from '../../dataplane/peer.ts';
@@ -118,7 +118,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
         port: options.port,
         checkPeerPort: false,
         keepaliveIntervalMs: (options.keepalive ?? 0) * 1000,
-        busyPollUs: this.p.ctx.busyPollUs ?? 0,
+        busyPollUs: this.p.ctx.busyPollUs ?? DEFAULT_BUSY_POLL_US,
       });
       this.fwd.start();
       if (multi) this.pool = await this.startPool(this.fwd, conn);
