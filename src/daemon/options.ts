@@ -162,7 +162,7 @@ export const FLAGS: readonly FlagSpec[] = [
     name: 'busy-poll-us',
     kind: 'int',
     dflt: String(DEFAULT_BUSY_POLL_US),
-    help: `after a turn of few packets, keep polling TUN and socket this many µs before sleeping (0 = off, up to ${MAX_BUSY_POLL_US}; at most 10% of a core): lower request/response latency`,
+    help: `after a turn of few packets, keep polling TUN and socket this many µs before sleeping (0 = off, up to ${MAX_BUSY_POLL_US}; empty windows at most 10% of a core): lower request/response latency`,
     alsoEnv: ['WEFT_BUSY_POLL_US'],
   },
   { name: 'release-on-exit', kind: 'bool', dflt: 'false', help: 'give the lease back on a graceful stop' },

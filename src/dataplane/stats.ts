@@ -31,7 +31,7 @@ export const Counter = {
   /** Busy-poll windows that found traffic (handled without sleeping) / that ran out. */
   busyPollHits: 13,
   busyPollMisses: 14,
-  /** Turns after which the busy-poll budget (10% of wall time) was already spent. */
+  /** Turns after which empty busy-poll windows had already used their budget (10% of wall time). */
   busyPollSkipped: 15,
 } as const;
 export type Counter = (typeof Counter)[keyof typeof Counter];

@@ -204,7 +204,7 @@ export function createMetrics(src: MetricsSources): Registry {
   });
   new Counter({
     name: 'weft_dataplane_busy_poll_total',
-    help: 'Busy-poll windows after small turns (weftd --busy-poll-us), by outcome (hit: traffic handled without sleeping, miss: the window ran out, skipped: over the 10% CPU budget)',
+    help: 'Busy-poll windows after small turns (weftd --busy-poll-us), by outcome (hit: traffic handled without sleeping, miss: the window ran out, skipped: empty windows already used 10% of the last second)',
     labelNames: ['outcome'],
     registers: r,
     collect() {

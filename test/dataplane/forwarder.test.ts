@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { DropReason } from '../../src/dataplane/stats.ts';
 import { Counter } from '../../src/dataplane/stats.ts';
 import { VxlanEncap } from '../../src/encap/encap.ts';
+import { BusyPollReady } from '../../src/dataplane/busy-poll.ts';
 import { buildIpv4, headerChecksumOk, ip, refChecksum } from '../encap/packets.ts';
 import { makePair, portFor, settle, VNI, waitFor } from './twins.ts';
 import type { Kind, Node } from './twins.ts';
@@ -292,4 +293,81 @@ void test('icmpForIcmpQueries: a ping to an unrouted address gets net unreachabl
   assert.equal(a.tun.written.length, 1, 'only the echo request is answered');
   assert.deepEqual((a.tun.written[0] as Buffer).subarray(28), echo);
   assert.equal(a.fwd.stats.dropped(DropReason.noRoute), 2);
+});
+
+void test('busy poll: windows after small turns only, traffic found in a window is forwarded, empty windows stay within budget', async (t) => {
+  const A_TO_B = (i: number): Buffer =>
+    buildIpv4({ src: POD_A, dst: POD_B, payload: Buffer.from(`bp ${i}`), protocol: 17 });
+  let mode: 'miss' | 'hit-once' = 'miss';
+  let windows = 0;
+  let injectIn: ((p: Buffer) => void) | undefined;
+  const poller = {
+    wait(maxUs: number): number {
+      windows++;
+      assert.equal(maxUs, 100, 'each window is --busy-poll-us long');
+      if (mode === 'hit-once' && injectIn) {
+        const inject = injectIn;
+        injectIn = undefined;
+        inject(A_TO_B(999));
+        return BusyPollReady.tun;
+      }
+      return 0;
+    },
+  };
+  const { a, b, close } = makePair('udp', { busyPollUs: 100, busyPoller: poller });
+  t.after(close);
+  const c = a.fwd.stats;
+
+  // One packet: a small turn, then one empty window.
+  a.tun.inject(A_TO_B(0));
+  await waitFor(() => b.tun.written.length === 1);
+  await settle();
+  assert.ok(c.get(Counter.busyPollMisses) >= 1, 'an empty window after a small turn');
+  assert.equal(c.get(Counter.busyPollHits), 0);
+
+  // 40 packets in one turn: bulk, no window on A.
+  const before = windows;
+  const missesBefore = c.get(Counter.busyPollMisses);
+  for (let i = 1; i <= 40; i++) a.tun.inject(A_TO_B(i));
+  await waitFor(() => b.tun.written.length === 41);
+  await settle();
+  assert.equal(c.get(Counter.busyPollMisses), missesBefore, 'no window after a 40-packet turn on A');
+  assert.ok(windows >= before, 'B may poll after its own small turns');
+
+  // A packet that arrives during a window is forwarded from inside it.
+  mode = 'hit-once';
+  injectIn = (p) => a.tun.inject(p);
+  a.tun.inject(A_TO_B(100));
+  await waitFor(() => b.tun.written.length === 43);
+  assert.equal(c.get(Counter.busyPollHits), 1, 'the window found the packet');
+  assert.equal((b.tun.written[42] as Buffer).subarray(20).toString(), 'bp 999');
+});
+
+void test('busy poll: empty windows use at most 10% of wall time, then turns are skipped', async (t) => {
+  const A_TO_B = buildIpv4({ src: POD_A, dst: POD_B, payload: Buffer.from('budget'), protocol: 17 });
+  const poller = {
+    wait(maxUs: number): number {
+      const end = performance.now() + maxUs / 1000;
+      while (performance.now() < end);
+      return 0;
+    },
+  };
+  // 10 ms windows: ten empty ones fill the budget of 100 ms per second.
+  const { a, b, close } = makePair('udp', { busyPollUs: 10_000, busyPoller: poller });
+  t.after(close);
+  const started = performance.now();
+  for (let i = 0; i < 16; i++) {
+    a.tun.inject(A_TO_B);
+    await waitFor(() => b.tun.written.length === i + 1);
+  }
+  const elapsed = performance.now() - started;
+  const c = a.fwd.stats;
+  const misses = c.get(Counter.busyPollMisses);
+  const skipped = c.get(Counter.busyPollSkipped);
+  assert.equal(misses + skipped, 16, 'every small turn either polled or was skipped');
+  if (elapsed < 1000) {
+    assert.ok(misses <= 11, `at most ~100 ms of empty windows in a second (${misses} x 10 ms)`);
+    assert.ok(skipped >= 5, `the rest skipped (${skipped})`);
+  }
+  assert.equal(b.tun.written.length, 16, 'every packet was forwarded all the same');
 });

@@ -38,7 +38,7 @@ export function portFor(kind: Kind): number {
 
 export type Tuning = Pick<
   ForwarderOptions,
-  'tunBatchSize' | 'recvMessages' | 'maxBatchesPerTurn' | 'icmpForIcmpQueries'
+  'tunBatchSize' | 'recvMessages' | 'maxBatchesPerTurn' | 'icmpForIcmpQueries' | 'busyPollUs' | 'busyPoller'
 >;
 
 export function makeNode(

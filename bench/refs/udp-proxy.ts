@@ -1,0 +1,76 @@
+/**
+ * Outside reference: bench/refs/udp-proxy.c, a one-packet-per-system-call C forwarder of
+ * flannel's udp proxy design and wire format (IPv4 packet as the UDP payload, port 8285),
+ * built here with the system C compiler. Issue #6 measures weft udp against this design
+ * ("at least 8x a one-packet-per-syscall C forwarder"), so it runs on the same topology in
+ * the same bench run.
+ *
+ * Per node: the proxy in the node namespace on TUN fp0 with 10.244.<i>.0/32, MTU underlay -
+ * 28, the pod Network routed into it, and one `subnet=peer` argument per other node. Pods
+ * come from the baseline plan (10.244.<i>.0/24 behind cni0).
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { formatCidr, formatIpv4 } from '../../src/routing/ipv4.ts';
+import type { Cluster } from '../../src/netns/topology.ts';
+import type { PathSpec } from '../../src/compare/paths.ts';
+import { projectRoot } from '../../src/util/self.ts';
+import { forwardersOf, recordForwarder } from './pids.ts';
+
+const PORT = 8285;
+const DEV = 'fp0';
+const SOURCE = join(projectRoot, 'bench', 'refs', 'udp-proxy.c');
+const BINARY = join(projectRoot, '.weft-run', 'bench', 'udp-proxy');
+
+/** Compiles the proxy unless the binary is newer than its source. */
+function build(): string {
+  if (!existsSync(BINARY) || statSync(BINARY).mtimeMs < statSync(SOURCE).mtimeMs) {
+    mkdirSync(join(projectRoot, '.weft-run', 'bench'), { recursive: true });
+    execFileSync('cc', ['-O2', '-Wall', '-o', BINARY, SOURCE], { stdio: 'inherit' });
+  }
+  return BINARY;
+}
+
+async function setup(cluster: Cluster): Promise<void> {
+  const bin = build();
+  const mtu = cluster.underlayMtu - 28;
+  const procs = cluster.nodes.map((n) => {
+    const peers = cluster.nodes
+      .filter((p) => p !== n)
+      .map((p) => `${formatCidr(cluster.baselineSubnet(p.index))}=${p.underlayIp}`);
+    const proc = cluster.run.spawn(n.ns, bin, [DEV, String(PORT), ...peers]);
+    recordForwarder(cluster, proc.pid);
+    return { n, proc };
+  });
+  for (const { n, proc } of procs) {
+    const deadline = Date.now() + 10_000;
+    while (!proc.output().includes('READY')) {
+      if (proc.child.exitCode !== null || proc.child.signalCode !== null || Date.now() > deadline)
+        throw new Error(`udp-proxy on ${n.name} did not come up: ${proc.output().trim()}`);
+      await sleep(20);
+    }
+    const subnet = cluster.baselineSubnet(n.index);
+    await cluster.run.ip(n.ns, 'addr', 'add', `${formatIpv4(subnet.addr)}/32`, 'dev', DEV);
+    await cluster.run.ip(n.ns, 'link', 'set', DEV, 'mtu', String(mtu), 'up');
+    await cluster.run.ip(n.ns, 'route', 'add', formatCidr(cluster.network), 'dev', DEV);
+    await cluster.attachPods(n, {
+      network: cluster.network,
+      subnet,
+      gateway: (subnet.addr + 1) >>> 0,
+      mtu,
+      ipMasq: false,
+    });
+  }
+}
+
+export const UDP_PROXY_REF: PathSpec = {
+  id: 'udp-proxy',
+  name: 'C udp proxy, 1 packet/syscall (reference)',
+  overheadBytes: 28,
+  how: "bench/refs/udp-proxy.c: flannel's udp proxy design and wire format, one packet per system call",
+  userspace: true,
+  setup,
+  forwarderPids: forwardersOf,
+};
