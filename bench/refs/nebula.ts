@@ -13,11 +13,10 @@
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { formatCidr } from '../../src/routing/ipv4.ts';
 import type { Cluster } from '../../src/netns/topology.ts';
 import type { PathSpec } from '../../src/compare/paths.ts';
-import { forwardersOf, recordForwarder } from './pids.ts';
+import { forwardersOf, recordForwarder, waitForForwarder } from './pids.ts';
 
 const PORT = 4242;
 const MTU = 1400;
@@ -88,14 +87,12 @@ async function setup(cluster: Cluster): Promise<void> {
     return { n, proc };
   });
   for (const { n, proc } of procs) {
-    const deadline = Date.now() + 20_000;
-    for (;;) {
-      if (proc.child.exitCode !== null || proc.child.signalCode !== null || Date.now() > deadline)
-        throw new Error(`nebula on ${n.name} did not come up: ${proc.output().trim()}`);
-      const routes = await cluster.run.ip(n.ns, 'route', 'show', 'dev', DEV).catch(() => '');
-      if (routes.includes('10.')) break;
-      await sleep(50);
-    }
+    await waitForForwarder(
+      `nebula on ${n.name}`,
+      proc,
+      async () => (await cluster.run.ip(n.ns, 'route', 'show', 'dev', DEV).catch(() => '')).includes('10.'),
+      20_000,
+    );
   }
   for (const n of cluster.nodes) {
     const subnet = cluster.baselineSubnet(n.index);

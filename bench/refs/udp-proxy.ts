@@ -12,12 +12,11 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { formatCidr, formatIpv4 } from '../../src/routing/ipv4.ts';
 import type { Cluster } from '../../src/netns/topology.ts';
 import type { PathSpec } from '../../src/compare/paths.ts';
 import { projectRoot } from '../../src/util/self.ts';
-import { forwardersOf, recordForwarder } from './pids.ts';
+import { forwardersOf, recordForwarder, waitForForwarder } from './pids.ts';
 
 const PORT = 8285;
 const DEV = 'fp0';
@@ -45,12 +44,7 @@ async function setup(cluster: Cluster): Promise<void> {
     return { n, proc };
   });
   for (const { n, proc } of procs) {
-    const deadline = Date.now() + 10_000;
-    while (!proc.output().includes('READY')) {
-      if (proc.child.exitCode !== null || proc.child.signalCode !== null || Date.now() > deadline)
-        throw new Error(`udp-proxy on ${n.name} did not come up: ${proc.output().trim()}`);
-      await sleep(20);
-    }
+    await waitForForwarder(`udp-proxy on ${n.name}`, proc, () => proc.output().includes('READY'), 10_000);
     const subnet = cluster.baselineSubnet(n.index);
     await cluster.run.ip(n.ns, 'addr', 'add', `${formatIpv4(subnet.addr)}/32`, 'dev', DEV);
     await cluster.run.ip(n.ns, 'link', 'set', DEV, 'mtu', String(mtu), 'up');

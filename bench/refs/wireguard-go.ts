@@ -13,11 +13,10 @@
 import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { formatCidr, formatIpv4 } from '../../src/routing/ipv4.ts';
 import type { Cluster } from '../../src/netns/topology.ts';
 import type { PathSpec } from '../../src/compare/paths.ts';
-import { forwardersOf, recordForwarder } from './pids.ts';
+import { forwardersOf, recordForwarder, waitForForwarder } from './pids.ts';
 
 const PORT = 51820;
 const MTU = 1420;
@@ -81,12 +80,7 @@ async function setup(cluster: Cluster): Promise<void> {
     return { n, proc };
   });
   for (const { n, proc } of procs) {
-    const deadline = Date.now() + 20_000;
-    while (!proc.output().includes('READY')) {
-      if (proc.child.exitCode !== null || proc.child.signalCode !== null || Date.now() > deadline)
-        throw new Error(`wireguard-go on ${n.name} did not come up: ${proc.output().trim()}`);
-      await sleep(50);
-    }
+    await waitForForwarder(`wireguard-go on ${n.name}`, proc, () => proc.output().includes('READY'), 20_000);
   }
   for (const n of cluster.nodes) {
     const subnet = cluster.baselineSubnet(n.index);

@@ -348,7 +348,7 @@ export async function measureRounds(
       ...base,
       ...(mtu !== undefined ? { mtu } : {}),
       rounds,
-      error: (err as Error).message.split('\n')[0] ?? String(err),
+      error: (err as Error).message.replace(/\s*\n\s*/g, ' | ').slice(0, 800),
     };
   } finally {
     await (cluster ? cluster.destroy() : run.destroy());

@@ -33,11 +33,14 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
       },
       (err, stdout, stderr) => {
         if (err) {
-          reject(
-            new KernelError(`${[c, ...a].join(' ')} failed: ${String(stderr).trim() || err.message}`, {
-              cause: err,
-            }),
-          );
+          // Programs that report errors on stdout (iperf3 -J) say why there, not on stderr.
+          const why =
+            String(stderr).trim() ||
+            (String(stdout).trim()
+              ? `${err.message.split('\n')[0]}; stdout: ${String(stdout).trim().slice(-600)}`
+              : err.message);
+          const timedOut = (err as { killed?: boolean }).killed ? ' (killed: timed out)' : '';
+          reject(new KernelError(`${[c, ...a].join(' ')} failed${timedOut}: ${why}`, { cause: err }));
         } else resolve(String(stdout));
       },
     );
