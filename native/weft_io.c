@@ -94,12 +94,13 @@ enum {
   TC_DROPPED, /* unusable reads (oversize, IPv6 super-packets, malformed GSO) */
   TC_PENDING, /* super-packets that did not fit the batch and were kept for the next read */
   TC_CSUM_PARTIAL_IN, /* packets written with NEEDS_CSUM because their sender left the checksum partial */
+  TC_GSO_WRITES,      /* TCP packets larger than the MTU written whole as one GSO write */
   TC_COUNT
 };
 static const char *const tun_counter_names[TC_COUNT] = {
     "reads",          "packetsIn",        "superPackets",       "segments",     "csumCompleted",
     "writes",         "packetsOut",       "coalescedWrites",    "coalescedSegments", "eagain",
-    "errors",         "dropped",          "pendingSuperPackets", "partialCsumWrites"};
+    "errors",         "dropped",          "pendingSuperPackets", "partialCsumWrites", "gsoWrites"};
 
 enum {
   UC_RECV_CALLS,
@@ -1235,6 +1236,33 @@ static int partial_csum_hdr(const uint8_t *p, int len, uint8_t *vh) {
   return 1;
 }
 
+/*
+ * A TCP packet larger than the device MTU cannot go to the TUN as one plain packet. A
+ * kernel VXLAN peer reached over veth (same host) sends whole TCP super-packets as one
+ * UDP-tunnel GSO skb, which a UDP socket receives as one big datagram (no UDP_GRO cmsg:
+ * that is for UDP_L4 trains only), inner checksum partial. Such a packet is written as one
+ * GSO packet (TCPV4, segments that fit the MTU, the checksum left to the kernel with the
+ * pseudo-header sum in place). Returns 0 when it is not such a packet.
+ */
+static int oversize_tcp_hdr(uint8_t *p, int len, int mtu, uint8_t *vh) {
+  if (len <= mtu || len < 40 || (p[0] >> 4) != 4 || p[9] != 6) return 0;
+  int ihl = (p[0] & 15) * 4;
+  if (ihl < 20 || len < ihl + 20 || rd16(p + 2) != len || (rd16(p + 6) & 0x3fff)) return 0;
+  int thl = (p[ihl + 12] >> 4) * 4;
+  if (thl < 20 || ihl + thl >= len || ihl + thl >= mtu) return 0;
+  uint8_t *th = p + ihl;
+  th[16] = th[17] = 0;
+  wr16(th + 16, csum_fold(pseudo4(p, 6, (uint32_t)(len - ihl))));
+  memset(vh, 0, VNET_HDR_LEN);
+  vh[0] = VNET_F_NEEDS_CSUM;
+  vh[1] = VNET_GSO_TCPV4 | ((th[13] & 0x80) ? VNET_GSO_ECN : 0); /* CWR: only the first segment keeps it */
+  wle16(vh + 2, (uint16_t)(ihl + thl));
+  wle16(vh + 4, (uint16_t)(mtu - ihl - thl));
+  wle16(vh + 6, (uint16_t)ihl);
+  wle16(vh + 8, 16);
+  return 1;
+}
+
 static napi_value js_tun_write(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
@@ -1296,7 +1324,8 @@ static napi_value js_tun_write(napi_env env, napi_callback_info info) {
       ssize_t r;
       do {
         if (h->vnet) {
-          if (partial_csum_hdr(p, len, vh)) h->counters[TC_CSUM_PARTIAL_IN]++;
+          if (gro && oversize_tcp_hdr(p, len, h->mtu, vh)) h->counters[TC_GSO_WRITES]++;
+          else if (partial_csum_hdr(p, len, vh)) h->counters[TC_CSUM_PARTIAL_IN]++;
           else memset(vh, 0, sizeof vh);
           struct iovec iov[2] = {{vh, VNET_HDR_LEN}, {p, (size_t)len}};
           r = writev(h->fd, iov, 2);

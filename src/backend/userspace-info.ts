@@ -29,3 +29,22 @@ export function userspaceDataplaneInfo(
     },
   };
 }
+
+/**
+ * The native layer's own counters of a userspace backend's devices (super-packets,
+ * coalesced writes, GSO sends, whole tunnel super-packets received...), as `tunIo` and
+ * `connIo` in its stats; devices without counters (the in-memory twins) add nothing. With
+ * workers these are the main thread's devices (worker 0).
+ */
+export function nativeIoStats(
+  tun: TunDevice | undefined,
+  conn: PacketConn | undefined,
+): { tunIo?: Record<string, number>; connIo?: Record<string, number> } {
+  const io = (d: unknown): Record<string, number> | undefined =>
+    typeof (d as { stats?: unknown } | undefined)?.stats === 'function'
+      ? { ...(d as { stats(): Record<string, number> }).stats() }
+      : undefined;
+  const tunIo = io(tun);
+  const connIo = io(conn);
+  return { ...(tunIo ? { tunIo } : {}), ...(connIo ? { connIo } : {}) };
+}

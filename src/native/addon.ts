@@ -61,6 +61,8 @@ export interface TunCounters {
   pendingSuperPackets: number;
   /** Packets written with NEEDS_CSUM because their sender left the checksum partial. */
   partialCsumWrites: number;
+  /** TCP packets larger than the MTU written whole as one GSO write. */
+  gsoWrites: number;
 }
 
 export interface UdpCounters {

@@ -71,6 +71,10 @@ void describe('vxlan in network namespaces (userspace data plane)', () => {
         const b = await c.node(1).stats();
         assert.deepEqual(a['dataplane'], { kernel: 0, userspace: 1 });
         assert.deepEqual(b['dataplane'], { kernel: 1, userspace: 0 });
+        // On veth, Linux's vxlan hands the userspace node whole TCP super-packets (one
+        // datagram each, inner checksum partial): they must have gone to the TUN as GSO writes.
+        const io = a as { tunIo?: Record<string, number> };
+        assert.ok((io.tunIo?.['gsoWrites'] ?? 0) > 0, `written as GSO: ${JSON.stringify(io.tunIo)}`);
       },
     );
   });

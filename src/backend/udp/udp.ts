@@ -21,7 +21,7 @@
  * in threads, each on its own queue and socket; the main forwarder is worker 0. A recreated
  * device gets a new pool (all queues reopened) with the same peers and counters.
  */
-import { userspaceDataplaneInfo } from '../userspace-info.ts';
+import { nativeIoStats, userspaceDataplaneInfo } from '../userspace-info.ts';
 import { networkInterfaces } from 'node:os';
 import type { Backend, BackendContext, BackendStats, DataplaneInfo, PreparedBackend } from '../backend.ts';
 import type { ConnOptions, PacketConn } from '../../conn/conn.ts';
@@ -515,15 +515,7 @@ export class UdpBackend implements Backend {
       out.offloads = Object.fromEntries(
         Object.entries(this.dataplaneInfo().offloads).map(([k, on]) => [k, on ? 1 : 0]),
       );
-      // The native layer's own counters (super-packets, coalesced writes, GSO sends...).
-      const io = (d: unknown): Record<string, number> | undefined =>
-        typeof (d as { stats?: unknown } | undefined)?.stats === 'function'
-          ? { ...(d as { stats(): Record<string, number> }).stats() }
-          : undefined;
-      const tunIo = io(this.tun);
-      const connIo = io(this.conn);
-      if (tunIo) out.tunIo = tunIo;
-      if (connIo) out.connIo = connIo;
+      Object.assign(out, nativeIoStats(this.tun, this.conn));
     } else out.running = 0;
     return out;
   }

@@ -18,7 +18,7 @@
  * WorkerPool (src/dataplane/workers/pool.ts) runs N-1 more forwarders in threads; received
  * frames are steered to them by inner flow (inner IPv4 at payload offset 22).
  */
-import { userspaceDataplaneInfo } from '../userspace-info.ts';
+import { nativeIoStats, userspaceDataplaneInfo } from '../userspace-info.ts';
 import type { DataplaneInfo } from '../backend.ts';
 import { openConn } from '../../conn/native-conn.ts';
 import type { PacketConn } from '../../conn/conn.ts';
@@ -260,6 +260,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       if (this.pool) out['workers'] = workersStat(this.pool);
       out['counters'] = { ...s.counters };
       out['drops'] = { ...s.drops };
+      Object.assign(out, nativeIoStats(this.tun, this.conn));
     }
     return out;
   }
