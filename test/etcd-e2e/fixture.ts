@@ -125,8 +125,11 @@ export async function createEtcdWorld(
           `${node.name} to drop ${subnet}`,
           timeoutMs,
           () => {
+            // The poller prints GONE and exits: read its answer before treating an exit as failure.
+            const gone = /GONE (\d+)/.exec(p.output())?.[1];
+            if (gone !== undefined) return Promise.resolve(gone);
             if (p.child.exitCode !== null) throw new Error(`status poller failed: ${p.output()}`);
-            return Promise.resolve(/GONE (\d+)/.exec(p.output())?.[1]);
+            return Promise.resolve(undefined);
           },
           5,
         );
