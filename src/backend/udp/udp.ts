@@ -26,8 +26,7 @@ import { networkInterfaces } from 'node:os';
 import type { Backend, BackendContext, BackendStats, DataplaneInfo, PreparedBackend } from '../backend.ts';
 import type { ConnOptions, PacketConn } from '../../conn/conn.ts';
 import { DEFAULT_BUSY_POLL_US, Forwarder } from '../../dataplane/forwarder.ts';
-import { rebuildPool, WorkerPool, workersStat } from '../../dataplane/workers/pool.ts';
-import type { PoolCarry } from '../../dataplane/workers/pool.ts';
+import { WorkerPool, workersStat } from '../../dataplane/workers/pool.ts';
 import type { Peer } from '../../dataplane/peer.ts';
 import { PeerIdAllocator } from '../../dataplane/peer.ts';
 import { UdpEncap } from '../../encap/encap.ts';
@@ -183,6 +182,8 @@ export interface TunRepairInput {
   readonly tun: TunDevice | undefined;
   readonly tunIndex: number;
   readonly fwd: Forwarder | undefined;
+  /** The worker pool around `fwd` (workers > 1): rebuilt on the new device with it. */
+  readonly pool?: WorkerPool | undefined;
   readonly peers: () => Iterable<Peer>;
   readonly openTun: () => Promise<TunDevice>;
   readonly full: boolean;
@@ -197,16 +198,19 @@ export interface TunRepairInput {
  * or accept_local gets them back. Never throws: failures are counted and logged, and the
  * next check tries again. Returns the (possibly new) device, forwarder and ifindex.
  */
-export async function checkAndRepairTun(
-  i: TunRepairInput,
-): Promise<{ tun: TunDevice | undefined; fwd: Forwarder | undefined; tunIndex: number }> {
-  let { tun, fwd, tunIndex } = i;
+export async function checkAndRepairTun(i: TunRepairInput): Promise<{
+  tun: TunDevice | undefined;
+  fwd: Forwarder | undefined;
+  pool: WorkerPool | undefined;
+  tunIndex: number;
+}> {
+  let { tun, fwd, pool, tunIndex } = i;
   const { kernel, name, lease } = i;
   try {
     const problem = tun
       ? await tunProblem(kernel, name, lease.subnet.addr, tunIndex, i.network, i.full)
       : 'gone';
-    if (problem === undefined) return { tun, fwd, tunIndex };
+    if (problem === undefined) return { tun, fwd, pool, tunIndex };
     const reopen = problem === 'gone' || problem === 'replaced';
     if (reopen) {
       fwd?.stop();
@@ -221,6 +225,8 @@ export async function checkAndRepairTun(
       fwd = forwarderWithTun(fwd, tun, i.conn);
       fwd.setPeers(i.peers());
       fwd.start();
+      // The workers' queues belonged to the old device: the pool is rebuilt on the new one.
+      if (pool) pool = await pool.rebuild(fwd);
       i.counters.deviceRecreated++;
     } else i.counters.deviceRepaired++;
     i.log.warn(
@@ -233,7 +239,7 @@ export async function checkAndRepairTun(
     i.counters.deviceRepairFailures++;
     i.log.error({ err, device: name }, 'could not repair the TUN device; trying again at the next check');
   }
-  return { tun, fwd, tunIndex };
+  return { tun, fwd, pool, tunIndex };
 }
 
 /**
@@ -435,7 +441,7 @@ export class UdpBackend implements Backend {
     return this.pool;
   }
 
-  private startPool(main: Forwarder, conn: PacketConn, carry?: PoolCarry): Promise<WorkerPool> {
+  private startPool(main: Forwarder, conn: PacketConn): Promise<WorkerPool> {
     return WorkerPool.start({
       workers: this.workers,
       main,
@@ -443,7 +449,6 @@ export class UdpBackend implements Backend {
       tun: { name: this.tunName, mtu: this.mtu, offloads: this.ctx.offloads },
       conn: { bindAddr: this.ctx.underlay.addr, port: this.port, offloads: this.ctx.offloads },
       log: this.log,
-      ...(carry ? { carry } : {}),
     });
   }
 
@@ -466,6 +471,7 @@ export class UdpBackend implements Backend {
       tun: this.tun,
       tunIndex: this.tunIndex,
       fwd: this.fwd,
+      pool: this.pool,
       peers: () => this.peers.values(),
       openTun: async () =>
         (this.deps.openTun ?? (await import('../../tun/native-tun.ts')).openTun)({
@@ -478,18 +484,10 @@ export class UdpBackend implements Backend {
       counters: this.repairs,
       log: this.log,
     });
-    const recreated = r.fwd !== this.fwd;
     this.tun = r.tun;
     this.fwd = r.fwd;
+    this.pool = r.pool;
     this.tunIndex = r.tunIndex;
-    if (recreated && this.pool && r.fwd) {
-      // The workers' queues belonged to the old device: a new pool reopens them all.
-      this.pool = await rebuildPool(
-        this.pool,
-        (carry) => this.startPool(r.fwd as Forwarder, conn, carry),
-        this.log,
-      );
-    }
   }
 
   dataplaneInfo(): DataplaneInfo {

@@ -23,8 +23,7 @@ import type { DataplaneInfo } from '../backend.ts';
 import { openConn } from '../../conn/native-conn.ts';
 import type { PacketConn } from '../../conn/conn.ts';
 import { DEFAULT_BUSY_POLL_US, Forwarder } from '../../dataplane/forwarder.ts';
-import { rebuildPool, WorkerPool, workersStat } from '../../dataplane/workers/pool.ts';
-import type { PoolCarry } from '../../dataplane/workers/pool.ts';
+import { WorkerPool, workersStat } from '../../dataplane/workers/pool.ts';
 import type { Peer } from '../../dataplane/peer.ts';
 import { PeerIdAllocator } from '../../dataplane/peer.ts';
 import { VxlanEncap } from '../../encap/encap.ts';
@@ -200,6 +199,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       tun: this.tun,
       tunIndex: this.tunIndex,
       fwd: this.fwd,
+      pool: this.pool,
       peers: () => this.inForwarder.values(),
       openTun: () =>
         Promise.resolve(
@@ -209,18 +209,13 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       counters: this.repairs,
       log: this.log,
     });
-    const recreated = r.fwd !== this.fwd;
     this.tun = r.tun;
     this.fwd = r.fwd;
+    this.pool = r.pool;
     this.tunIndex = r.tunIndex;
-    if (recreated && this.pool && r.fwd) {
-      // The workers' queues belonged to the old device: a new pool reopens them all.
-      const main = r.fwd;
-      this.pool = await rebuildPool(this.pool, (carry) => this.startPool(main, conn, carry), this.log);
-    }
   }
 
-  private startPool(main: Forwarder, conn: PacketConn, carry?: PoolCarry): Promise<WorkerPool> {
+  private startPool(main: Forwarder, conn: PacketConn): Promise<WorkerPool> {
     const { ctx, mtu, options } = this.p;
     return WorkerPool.start({
       workers: ctx.workers ?? 1,
@@ -229,7 +224,6 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       tun: { name: this.device, mtu, offloads: ctx.offloads },
       conn: { bindAddr: ctx.underlay.addr, port: options.port, offloads: ctx.offloads },
       log: this.log,
-      ...(carry ? { carry } : {}),
     });
   }
 

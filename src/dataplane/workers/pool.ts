@@ -437,6 +437,28 @@ export class WorkerPool {
     return { raw, restarts, deaths: this.counters.deaths };
   }
 
+  /**
+   * The same pool over a new TUN device (device repair): stops these workers, whose queues
+   * belonged to the old device, and starts as many on the new one around `main`, their
+   * counters carried over. Returns undefined (logged) when the new workers cannot start:
+   * forwarding goes on in `main` alone.
+   */
+  async rebuild(main: Forwarder): Promise<WorkerPool | undefined> {
+    await this.close(); // final counters first: a stopping worker reports them
+    const carry = this.carry();
+    try {
+      const pool = await WorkerPool.start({ ...this.opts, main, carry });
+      this.opts.log.warn({ workers: pool.size }, 'forwarding workers restarted on the new TUN device');
+      return pool;
+    } catch (err) {
+      this.opts.log.error(
+        { err },
+        'could not restart the forwarding workers on the new TUN device; forwarding on the main thread only',
+      );
+      return undefined;
+    }
+  }
+
   /** Stops every worker thread (each closes its queue and socket). Does not touch `main`. */
   async close(): Promise<void> {
     this.closing = true;
@@ -522,29 +544,4 @@ export function workersStat(pool: WorkerPool): Record<string, number> {
     out[`${f.worker}.toTun`] = f.toTun;
   }
   return out;
-}
-
-/**
- * Replaces `old` after the TUN device was recreated: stops its workers first (so the
- * reuseport group holds only live sockets), then starts a new pool through `start` with
- * their final counters. When that fails the main forwarder carries on alone (logged) and
- * undefined is returned.
- */
-export async function rebuildPool(
-  old: WorkerPool,
-  start: (carry: PoolCarry) => Promise<WorkerPool>,
-  log: Logger,
-): Promise<WorkerPool | undefined> {
-  await old.close();
-  try {
-    const pool = await start(old.carry());
-    log.warn({ workers: pool.size }, 'forwarding workers restarted on the new TUN device');
-    return pool;
-  } catch (err) {
-    log.error(
-      { err },
-      'could not restart the forwarding workers on the new TUN device; forwarding on the main thread only',
-    );
-    return undefined;
-  }
 }
