@@ -94,16 +94,7 @@ async function setup(cluster: Cluster): Promise<void> {
       20_000,
     );
   }
-  for (const n of cluster.nodes) {
-    const subnet = cluster.baselineSubnet(n.index);
-    await cluster.attachPods(n, {
-      network: cluster.network,
-      subnet,
-      gateway: (subnet.addr + 1) >>> 0,
-      mtu: MTU,
-      ipMasq: false,
-    });
-  }
+  for (const n of cluster.nodes) await cluster.attachPods(n, cluster.baselineInfo(n.index, MTU));
 }
 
 export const NEBULA_REF: PathSpec = {

@@ -49,13 +49,7 @@ async function setup(cluster: Cluster): Promise<void> {
     await cluster.run.ip(n.ns, 'addr', 'add', `${formatIpv4(subnet.addr)}/32`, 'dev', DEV);
     await cluster.run.ip(n.ns, 'link', 'set', DEV, 'mtu', String(mtu), 'up');
     await cluster.run.ip(n.ns, 'route', 'add', formatCidr(cluster.network), 'dev', DEV);
-    await cluster.attachPods(n, {
-      network: cluster.network,
-      subnet,
-      gateway: (subnet.addr + 1) >>> 0,
-      mtu,
-      ipMasq: false,
-    });
+    await cluster.attachPods(n, cluster.baselineInfo(n.index, mtu));
   }
 }
 

@@ -82,16 +82,7 @@ async function setup(cluster: Cluster): Promise<void> {
   for (const { n, proc } of procs) {
     await waitForForwarder(`wireguard-go on ${n.name}`, proc, () => proc.output().includes('READY'), 20_000);
   }
-  for (const n of cluster.nodes) {
-    const subnet = cluster.baselineSubnet(n.index);
-    await cluster.attachPods(n, {
-      network: cluster.network,
-      subnet,
-      gateway: (subnet.addr + 1) >>> 0,
-      mtu: MTU,
-      ipMasq: false,
-    });
-  }
+  for (const n of cluster.nodes) await cluster.attachPods(n, cluster.baselineInfo(n.index, MTU));
 }
 
 export const WIREGUARD_GO_REF: PathSpec = {

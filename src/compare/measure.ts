@@ -104,19 +104,6 @@ function forwarderPids(path: PathSpec, cluster: Cluster): number[] {
   return roots.filter((p) => p > 0).flatMap(withDescendants);
 }
 
-async function waitListening(
-  server: { output(): string; child: { exitCode: number | null } },
-  word: string,
-  what: string,
-): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (!server.output().includes(word)) {
-    if (Date.now() > deadline || server.child.exitCode !== null)
-      throw new Error(`${what}: ${server.output()}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
 /**
  * iperf3 UDP with 64-byte payloads at `ratePps` packets/s (0 = as fast as iperf3 can send).
  * At a fixed rate the sockets get 4 MiB buffers (-w): the question there is whether the path
@@ -131,42 +118,13 @@ async function udpSmallPackets(
   seconds: number,
   ratePps = 0,
 ): Promise<{ pps: number; lossPct: number }> {
-  const port = 5999;
-  const server = cluster.run.spawn(to.ns, 'iperf3', ['-s', '-1', '--forceflush', '-p', String(port)]);
-  try {
-    await waitListening(server, 'listening', 'iperf3 server');
-    const out = await cluster.run.exec(
-      from.ns,
-      'iperf3',
-      // iperf3 -b counts payload bits.
-      [
-        '-c',
-        to.addr,
-        '-p',
-        String(port),
-        '-u',
-        '-l',
-        '64',
-        '-b',
-        String(Math.round(ratePps * 64 * 8)),
-        '-t',
-        String(seconds),
-        ...(ratePps > 0 ? ['-w', '4M'] : []),
-        '-J',
-      ],
-      { timeoutMs: (seconds + 20) * 1000 },
-    );
-    const j = JSON.parse(out) as {
-      end?: { sum?: { packets?: number; lost_packets?: number; seconds?: number } };
-      error?: string;
-    };
-    const sum = j.end?.sum;
-    if (j.error || !sum?.packets || !sum.seconds) throw new Error(`iperf3 UDP: ${j.error ?? 'no result'}`);
-    const received = sum.packets - (sum.lost_packets ?? 0);
-    return { pps: received / sum.seconds, lossPct: ((sum.lost_packets ?? 0) / sum.packets) * 100 };
-  } finally {
-    await server.stop('SIGKILL', 1000);
-  }
+  // iperf3 -b counts payload bits.
+  const args = ['-u', '-l', '64', '-b', String(Math.round(ratePps * 64 * 8)), '-t', String(seconds)];
+  const j = await cluster.iperf3(from, to, ratePps > 0 ? [...args, '-w', '4M'] : args, seconds);
+  const sum = j.end?.sum;
+  if (!sum?.packets || !sum.seconds) throw new Error('iperf3 UDP: no result');
+  const lost = sum.lost_packets ?? 0;
+  return { pps: (sum.packets - lost) / sum.seconds, lossPct: (lost / sum.packets) * 100 };
 }
 
 /** iperf3 TCP with `streams` parallel streams; Gbit/s received. */
@@ -177,23 +135,10 @@ async function tcpStreams(
   seconds: number,
   streams: number,
 ): Promise<number> {
-  const port = 5998;
-  const server = cluster.run.spawn(to.ns, 'iperf3', ['-s', '-1', '--forceflush', '-p', String(port)]);
-  try {
-    await waitListening(server, 'listening', 'iperf3 server');
-    const out = await cluster.run.exec(
-      from.ns,
-      'iperf3',
-      ['-c', to.addr, '-p', String(port), '-P', String(streams), '-t', String(seconds), '-J'],
-      { timeoutMs: (seconds + 20) * 1000 },
-    );
-    const j = JSON.parse(out) as { end?: { sum_received?: { bits_per_second?: number } }; error?: string };
-    const bps = j.end?.sum_received?.bits_per_second;
-    if (j.error || bps === undefined) throw new Error(`iperf3 -P ${streams}: ${j.error ?? 'no result'}`);
-    return bps / 1e9;
-  } finally {
-    await server.stop('SIGKILL', 1000);
-  }
+  const j = await cluster.iperf3(from, to, ['-P', String(streams), '-t', String(seconds)], seconds);
+  const bps = j.end?.sum_received?.bits_per_second;
+  if (bps === undefined) throw new Error(`iperf3 -P ${streams}: no result`);
+  return bps / 1e9;
 }
 
 /** Parses sockperf ping-pong output ("---> percentile 50.000 =   29.059", µs). */

@@ -145,6 +145,18 @@ export interface TransferResult {
   readonly ms: number;
 }
 
+/** The parts of iperf3's JSON report (-J) weft reads. */
+export interface Iperf3Report {
+  readonly error?: string;
+  readonly end?: {
+    /** TCP */
+    readonly sum_received?: { readonly bits_per_second?: number };
+    readonly sum_sent?: { readonly retransmits?: number };
+    /** UDP */
+    readonly sum?: { readonly packets?: number; readonly lost_packets?: number; readonly seconds?: number };
+  };
+}
+
 export interface IperfResult {
   readonly gbps: number;
   readonly retransmits: number;
@@ -607,7 +619,11 @@ export class Cluster {
     return cidr((this.network.addr + i * 256) >>> 0, 24);
   }
 
-  private baselineInfo(i: number, mtu: number): SubnetInfo {
+  /**
+   * What pods of node `i` use on a path wired without weftd (kernel references, outside
+   * overlays): the baseline subnet, its first address as gateway, the path's MTU.
+   */
+  baselineInfo(i: number, mtu: number): SubnetInfo {
     const subnet = this.baselineSubnet(i);
     return { network: this.network, subnet, gateway: (subnet.addr + 1) >>> 0, mtu, ipMasq: false };
   }
@@ -800,6 +816,18 @@ export class Cluster {
 
   /** iperf3 TCP, one stream, `seconds` long, from `from` to `to`. */
   async iperf(from: Pod, to: Pod, seconds = 5): Promise<IperfResult> {
+    const j = await this.iperf3(from, to, ['-t', String(seconds)], seconds);
+    const bps = j.end?.sum_received?.bits_per_second;
+    if (bps === undefined) throw new TopologyError(`iperf3 ${from.name} -> ${to.name}: no result`);
+    return { gbps: bps / 1e9, retransmits: j.end?.sum_sent?.retransmits ?? 0, seconds };
+  }
+
+  /**
+   * Runs iperf3 from `from` (client arguments `args`, e.g. ['-t', '5', '-P', '4']) against
+   * a one-shot server in `to` on a port of its own, and returns iperf3's JSON report. A
+   * report that carries iperf3's own error, or no report, is a TopologyError that says why.
+   */
+  async iperf3(from: Pod, to: Pod, args: readonly string[], seconds: number): Promise<Iperf3Report> {
     const port = this.nextPort++;
     const server = this.run.spawn(to.ns, 'iperf3', ['-s', '-1', '--forceflush', '-p', String(port)]);
     try {
@@ -808,29 +836,20 @@ export class Cluster {
           throw new TopologyError(`iperf3 server failed: ${server.output()}`);
         return server.output().includes('listening') ? true : undefined;
       });
-      const c = await capture(
-        from.ns,
-        'iperf3',
-        ['-c', to.addr, '-p', String(port), '-t', String(seconds), '-J'],
-        {
-          timeoutMs: (seconds + 20) * 1000,
-        },
-      );
-      let j: {
-        error?: string;
-        end?: { sum_received?: { bits_per_second?: number }; sum_sent?: { retransmits?: number } };
-      };
+      const c = await capture(from.ns, 'iperf3', ['-c', to.addr, '-p', String(port), ...args, '-J'], {
+        timeoutMs: (seconds + 20) * 1000,
+      });
+      let j: Iperf3Report;
       try {
-        j = JSON.parse(c.stdout) as typeof j;
+        j = JSON.parse(c.stdout) as Iperf3Report;
       } catch {
         throw new TopologyError(
-          `iperf3 ${from.name} -> ${to.name} printed no JSON (exit ${c.code}): ${c.stderr}`,
+          `iperf3 ${from.name} -> ${to.name} ${args.join(' ')} printed no JSON (exit ${c.code}): ${c.stderr}`,
         );
       }
-      const bps = j.end?.sum_received?.bits_per_second;
-      if (j.error || bps === undefined)
-        throw new TopologyError(`iperf3 ${from.name} -> ${to.name} failed: ${j.error ?? 'no result'}`);
-      return { gbps: bps / 1e9, retransmits: j.end?.sum_sent?.retransmits ?? 0, seconds };
+      if (j.error)
+        throw new TopologyError(`iperf3 ${from.name} -> ${to.name} ${args.join(' ')} failed: ${j.error}`);
+      return j;
     } finally {
       await server.stop('SIGKILL', 1000);
     }
