@@ -293,7 +293,7 @@ function chartRow(r: RowSummary): PathResult {
 const USAGE = `Usage: node --import tsx bench/run.ts [options]
   --runs N        rounds of measurements per row; figures are their median (default 3)
   --seconds N     length of each throughput / RTT test (default 5)
-  --pings N       pings per round for the ping RTT percentiles (default 100, 10 ms apart)
+  --pings N       pings per round for the ping RTT percentiles (default 100, 10 ms apart, after 2000 back-to-back warm-up pings)
   --only IDS      comma-separated rows (default all): ${ROWS.map((r) => r.id).join(', ')}
   --json FILE     raw figures (default bench/results/<time>.json)
   --chart FILE    SVG chart (default bench/results/<time>.svg)
@@ -383,7 +383,7 @@ async function main(): Promise<number> {
 
   process.stdout.write(
     `\nPod to pod across 2 nodes in network namespaces (veth underlay, MTU 1500); each figure is the median of ${runs} run${runs > 1 ? 's' : ''} (min-max)\n` +
-      `TCP: iperf3 ${seconds} s, 1 and 4 streams; ping: ${pings} x 10 ms; UDP RR: sockperf ping-pong 64 B, ${seconds} s, full RTT;\n` +
+      `TCP: iperf3 ${seconds} s, 1 and 4 streams; ping: ${pings} x 10 ms after 2000 back-to-back; UDP RR: sockperf ping-pong 64 B, ${seconds} s, full RTT;\n` +
       `64B: iperf3 UDP 64-byte payloads, unlimited rate, ${seconds} s, and (rows after kernel VXLAN) at kernel VXLAN's rate with 4 MiB socket buffers; vs kVX = ratio to kernel VXLAN; CPU s/Gbit = forwarder CPU during TCP 1 stream\n` +
       `(1-min load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after, on ${cpus().length} CPUs: other work on the machine lowers every row)\n\n`,
   );

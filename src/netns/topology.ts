@@ -748,22 +748,17 @@ export class Cluster {
   async ping(
     from: Pod,
     to: string,
-    opts: { count?: number; intervalS?: number; waitS?: number; size?: number } = {},
+    opts: { count?: number; intervalS?: number; waitS?: number; size?: number; adaptive?: boolean } = {},
   ): Promise<PingResult> {
     const count = opts.count ?? 3;
-    const args = [
-      '-n',
-      '-c',
-      String(count),
-      '-i',
-      String(opts.intervalS ?? 0.2),
-      '-W',
-      String(opts.waitS ?? 1),
-    ];
+    // adaptive (ping -A): each echo request leaves as soon as the previous reply is in.
+    const pace = opts.adaptive ? ['-A'] : ['-i', String(opts.intervalS ?? 0.2)];
+    const args = ['-n', '-c', String(count), ...pace, '-W', String(opts.waitS ?? 1)];
     if (opts.size !== undefined) args.push('-s', String(opts.size));
     args.push(to);
+    const perPingS = opts.adaptive ? 0.01 : (opts.intervalS ?? 0.2);
     const c = await capture(from.ns, 'ping', args, {
-      timeoutMs: (count * (opts.intervalS ?? 0.2) + (opts.waitS ?? 1) + 5) * 1000,
+      timeoutMs: (count * perPingS + (opts.waitS ?? 1) + 5) * 1000,
     });
     return parsePing(c.stdout + c.stderr, count);
   }
