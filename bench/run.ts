@@ -30,6 +30,7 @@ import { ensureBenchPackages } from './refs/setup.ts';
 import { WIREGUARD_GO_REF } from './refs/wireguard-go.ts';
 import { NEBULA_REF } from './refs/nebula.ts';
 import { UDP_PROXY_REF } from './refs/udp-proxy.ts';
+import { renderTargets, TARGET_REFERENCE, targetChecks } from './targets.ts';
 
 function pathById(id: string): PathSpec {
   const p = PATHS.find((x) => x.id === id);
@@ -55,7 +56,7 @@ const ROWS: readonly PathSpec[] = [
   NEBULA_REF,
   UDP_PROXY_REF,
 ];
-const REFERENCE = 'kernel-vxlan';
+const REFERENCE = TARGET_REFERENCE;
 
 /** Fields of a round that become median/min/max figures. */
 const FIGURES = [
@@ -199,88 +200,6 @@ function renderBenchTable(rows: readonly RowSummary[]): string {
   return [line(head), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(line)].join('\n');
 }
 
-interface TargetCheck {
-  readonly target: string;
-  readonly measured: string;
-  readonly met: boolean | undefined;
-}
-
-/**
- * The data-path targets of issues #2 and #6, checked against this run's medians (a row
- * missing from the run leaves its target unchecked).
- */
-function targetChecks(rows: readonly RowSummary[]): TargetCheck[] {
-  const fig = (id: string, f: Figure): number | undefined =>
-    rows.find((r) => r.id === id && r.error === undefined)?.figures[f]?.median;
-  const out: TargetCheck[] = [];
-  const ratioCheck = (target: string, a: number | undefined, b: number | undefined, min: number): void => {
-    const r = a !== undefined && b ? a / b : undefined;
-    out.push({
-      target,
-      measured: r === undefined ? '-' : `${r.toFixed(2)}x`,
-      met: r === undefined ? undefined : r >= min,
-    });
-  };
-  const kTcp = fig(REFERENCE, 'tcpGbps');
-  ratioCheck('weft udp TCP 1 stream >= 0.8x kernel VXLAN (#2)', fig('udp', 'tcpGbps'), kTcp, 0.8);
-  ratioCheck('weft udp TCP 1 stream >= 1.0x kernel VXLAN (#6)', fig('udp', 'tcpGbps'), kTcp, 1.0);
-  ratioCheck(
-    'weft vxlan (userspace) TCP 1 stream >= 1.0x kernel VXLAN (#6)',
-    fig('vxlan-user', 'tcpGbps'),
-    kTcp,
-    1.0,
-  );
-  ratioCheck(
-    'weft udp TCP 1 stream >= 8x the C udp proxy (#6)',
-    fig('udp', 'tcpGbps'),
-    fig('udp-proxy', 'tcpGbps'),
-    8,
-  );
-  const best4 = Math.max(fig('udp', 'tcp4Gbps') ?? 0, fig('udp-w2', 'tcp4Gbps') ?? 0) || undefined;
-  ratioCheck(
-    'weft udp TCP 4 streams (best of 1/2 workers) >= 0.75x kernel VXLAN (#6)',
-    best4,
-    fig(REFERENCE, 'tcp4Gbps'),
-    0.75,
-  );
-  ratioCheck(
-    'weft udp 64-byte packets/s >= kernel VXLAN (#6)',
-    fig('udp', 'smallPps'),
-    fig(REFERENCE, 'smallPps'),
-    1,
-  );
-  const loss = fig('udp', 'smallAtRateLossPct');
-  out.push({
-    target: "weft udp loses no 64-byte packets at kernel VXLAN's rate (#6)",
-    measured: loss === undefined ? '-' : `${loss.toFixed(2)}% lost`,
-    met: loss === undefined ? undefined : loss === 0,
-  });
-  for (const [label, f] of [
-    ['ping', 'rttP50Us'],
-    ['UDP request/response', 'udpRttP50Us'],
-  ] as const) {
-    const w = fig('udp', f);
-    const k = fig(REFERENCE, f);
-    const d = w !== undefined && k !== undefined ? w - k : undefined;
-    out.push({
-      target: `weft udp ${label} p50 <= kernel VXLAN + 50 µs (#6)`,
-      measured: d === undefined ? '-' : `+${d.toFixed(0)} µs`,
-      met: d === undefined ? undefined : d <= 50,
-    });
-  }
-  return out;
-}
-
-function renderTargets(checks: readonly TargetCheck[]): string {
-  const w = Math.max(...checks.map((c) => c.target.length));
-  return checks
-    .map(
-      (c) =>
-        `${c.target.padEnd(w)}  ${c.measured.padEnd(12)}  ${c.met === undefined ? 'not measured' : c.met ? 'met' : 'NOT met'}`,
-    )
-    .join('\n');
-}
-
 /** A PathResult of the medians, for the chart. */
 function chartRow(r: RowSummary): PathResult {
   const m = (f: Figure): number | undefined => r.figures[f]?.median;
@@ -388,7 +307,9 @@ async function main(): Promise<number> {
       `(1-min load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after, on ${cpus().length} CPUs: other work on the machine lowers every row)\n\n`,
   );
   process.stdout.write(`${renderBenchTable(summaries)}\n`);
-  const targets = targetChecks(summaries);
+  const targets = targetChecks(
+    (id, f) => summaries.find((r) => r.id === id && r.error === undefined)?.figures[f]?.median,
+  );
   process.stdout.write(`\nTargets (issues #2 and #6), from the medians above:\n${renderTargets(targets)}\n`);
 
   const stamp = new Date(started).toISOString().replace(/[:.]/g, '-');
