@@ -72,6 +72,26 @@
 #define VNET_GSO_ECN 0x80
 
 #define MAX_SUPER 65535
+
+/*
+ * Tunnel GSO (kernel 6.17+): a whole TCP super-packet, wrapped in Ethernet + outer IPv4 +
+ * UDP (+ the encapsulation's own header, written by JS in the headroom), is written to a
+ * TAP device with a vnet header that describes it as a UDP-tunnel GSO packet; the node's
+ * stack forwards it and the egress device (or software GSO) cuts it into ordinary
+ * datagrams of the wire format. The TUN read side hands such super-packets up whole, in a
+ * "jumbo" region at the end of the batch's arena, instead of segmenting them.
+ */
+#define TUN_F_UDP_TUNNEL_GSO 0x080
+#define VNET_GSO_UDP_TUNNEL_IPV4 0x20
+#define TNL_VNET_LEN 24 /* virtio_net_hdr_v1_hash_tunnel: 20 bytes, outer_th and inner_nh offsets */
+#define TNL_OUTER_LEN (14 + 20 + 8)
+#define JUMBO_META 16 /* magic, packet offset, gso_size, gso_type */
+#define JUMBO_HEAD 256
+#define JUMBO_PKT (MAX_SUPER + 64)
+#define JUMBO_SLOT (JUMBO_META + JUMBO_HEAD + JUMBO_PKT)
+#define JUMBO_SLOTS 4
+#define JUMBO_REGION (JUMBO_SLOTS * JUMBO_SLOT)
+#define JUMBO_MAGIC 0x4a4d4257u /* "WBMJ" little-endian */
 #define MAX_COALESCE_SEGS 256
 #define UDP_GSO_MAX_SEGS 64
 #define UDP_GSO_MAX_BYTES 65507
@@ -95,12 +115,14 @@ enum {
   TC_PENDING, /* super-packets that did not fit the batch and were kept for the next read */
   TC_CSUM_PARTIAL_IN, /* packets written with NEEDS_CSUM because their sender left the checksum partial */
   TC_GSO_WRITES,      /* TCP packets larger than the MTU written whole as one GSO write */
+  TC_WHOLE_SUPER,     /* TCP super-packets handed up whole (tunnel GSO) instead of segmented */
   TC_COUNT
 };
 static const char *const tun_counter_names[TC_COUNT] = {
     "reads",          "packetsIn",        "superPackets",       "segments",     "csumCompleted",
     "writes",         "packetsOut",       "coalescedWrites",    "coalescedSegments", "eagain",
-    "errors",         "dropped",          "pendingSuperPackets", "partialCsumWrites", "gsoWrites"};
+    "errors",         "dropped",          "pendingSuperPackets", "partialCsumWrites", "gsoWrites",
+    "wholeSuperPackets"};
 
 enum {
   UC_RECV_CALLS,
@@ -116,16 +138,21 @@ enum {
   UC_ERRORS,
   UC_TRUNCATED,
   UC_DROPPED,
+  UC_TUNNEL_WRITES,    /* super-packets written to the tunnel-GSO TAP */
+  UC_TUNNEL_ERRORS,    /* failed TAP writes (the TAP is then detached) */
+  UC_TUNNEL_FALLBACKS, /* whole super-packets segmented here because no TAP was attached */
   UC_COUNT
 };
 static const char *const udp_counter_names[UC_COUNT] = {
     "recvCalls",  "messagesIn", "datagramsIn", "groMessages", "sendCalls", "messagesOut", "datagramsOut",
-    "gsoMessages", "eagain",    "sendWaits",   "errors",      "truncated", "dropped"};
+    "gsoMessages", "eagain",    "sendWaits",   "errors",      "truncated", "dropped",
+    "tunnelWrites", "tunnelErrors", "tunnelFallbacks"};
 
 /* ------------------------------------------------------------------ handle */
 
 #define KIND_TUN 1
 #define KIND_UDP 2
+#define KIND_TAP 3
 
 typedef struct weft_handle weft_handle;
 
@@ -153,6 +180,9 @@ struct weft_handle {
   uint8_t pending_hdr[VNET_HDR_LEN];
   struct iovec *iov; /* MAX_COALESCE_SEGS + 2 */
   uint8_t hdr_save[120]; /* first packet's headers while a coalesced write is tried */
+  int keep_super;        /* hand TCP super-packets up whole (jumbo region) instead of segmenting */
+  /* TAP (tunnel GSO) */
+  uint8_t mac[6];
   /* UDP */
   int gso;
   int gro;
@@ -166,6 +196,10 @@ struct weft_handle {
   uint8_t *ctrl; /* per message control space */
   size_t msg_cap;
   size_t iov_cap;
+  int tap_fd;    /* a dup of the tunnel-GSO TAP's fd, or -1 */
+  uint8_t tap_mac[6];
+  uint16_t ip_id;
+  uint8_t *seg_arena; /* fallback segmentation of whole super-packets (no TAP) */
   double counters[16]; /* indexed by TC_* or UC_* */
 };
 
@@ -603,6 +637,7 @@ static void free_handle_memory(weft_handle *h) {
   free(h->msg_iov);
   free(h->names);
   free(h->ctrl);
+  free(h->seg_arena);
   free(h);
 }
 
@@ -618,6 +653,8 @@ static void handle_close(weft_handle *h, int from_cleanup) {
   }
   if (h->fd >= 0) close(h->fd);
   h->fd = -1;
+  if (h->kind == KIND_UDP && h->tap_fd >= 0) close(h->tap_fd);
+  h->tap_fd = -1;
   if (h->callback) {
     napi_delete_reference(h->env, h->callback);
     h->callback = NULL;
@@ -854,8 +891,8 @@ static void sleep_ms(int ms) {
 
 /* tunOpen(name, vnetHdr, multiQueue, offloads, mtu) -> {handle, name, vnetHdr, offloadBits} */
 static napi_value js_tun_open(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
+  size_t argc = 6;
+  napi_value argv[6];
   NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   char name[IFNAMSIZ + 1];
   size_t nlen = 0;
@@ -864,9 +901,11 @@ static napi_value js_tun_open(napi_env env, napi_callback_info info) {
   if (argc < 5 || napi_get_value_string_utf8(env, argv[0], name, sizeof name, &nlen) != napi_ok ||
       napi_get_value_bool(env, argv[1], &vnet) != napi_ok || napi_get_value_bool(env, argv[2], &mq) != napi_ok ||
       napi_get_value_bool(env, argv[3], &offl) != napi_ok || !get_i32(env, argv[4], &mtu)) {
-    napi_throw_type_error(env, "WEFT_NATIVE", "tunOpen(name, vnetHdr, multiQueue, offloads, mtu)");
+    napi_throw_type_error(env, "WEFT_NATIVE", "tunOpen(name, vnetHdr, multiQueue, offloads, mtu[, keepSuperPackets])");
     return NULL;
   }
+  bool keep = false;
+  if (argc >= 6 && napi_get_value_bool(env, argv[5], &keep) != napi_ok) keep = false;
   if (nlen >= IFNAMSIZ) {
     napi_throw_range_error(env, "WEFT_NATIVE", "interface name longer than 15 bytes");
     return NULL;
@@ -918,6 +957,7 @@ static napi_value js_tun_open(napi_env env, napi_callback_info info) {
   h->vnet = vnet;
   h->mtu = mtu;
   h->offload_bits = bits;
+  h->keep_super = keep && vnet && (bits & TUN_F_TSO4);
   h->scratch = malloc(MAX_SUPER + 64);
   h->iov = malloc(sizeof(struct iovec) * (MAX_COALESCE_SEGS + 2));
   if (!h->scratch || !h->iov) {
@@ -937,6 +977,30 @@ static napi_value js_tun_open(napi_env env, napi_callback_info info) {
   napi_create_int32(env, bits, &v);
   napi_set_named_property(env, res, "offloadBits", v);
   return res;
+}
+
+/* A TCP/IPv4 super-packet that a tunnel-GSO send can take whole (the kernel's own layout). */
+static int whole_super_ok(const uint8_t *p, int len, const vnet_hdr *v) {
+  if ((v->gso_type & ~VNET_GSO_ECN) != VNET_GSO_TCPV4 || !(v->flags & VNET_F_NEEDS_CSUM)) return 0;
+  if (len < 40 || len > MAX_SUPER || (p[0] >> 4) != 4 || p[9] != 6 || rd16(p + 2) != len) return 0;
+  int ihl = (p[0] & 15) * 4;
+  if (ihl < 20 || v->csum_start != ihl || v->csum_offset != 16 || len < ihl + 20) return 0;
+  int thl = (p[ihl + 12] >> 4) * 4;
+  if (thl < 20 || ihl + thl > len || v->gso_size == 0) return 0;
+  return len - ihl - thl > v->gso_size;
+}
+
+/* Descriptor o->count = the jumbo packet; its vnet facts go to its slot's meta. */
+static void put_jumbo(out_batch *o, const uint8_t *pkt, int len, const vnet_hdr *v) {
+  uint8_t *m = (uint8_t *)pkt - JUMBO_HEAD - JUMBO_META;
+  uint32_t magic = JUMBO_MAGIC;
+  int32_t at = (int32_t)(pkt - o->arena);
+  memcpy(m, &magic, 4);
+  memcpy(m + 4, &at, 4);
+  memcpy(m + 8, &v->gso_size, 2);
+  m[10] = v->gso_type;
+  o->offset[o->count] = at;
+  o->length[o->count] = len;
 }
 
 /*
@@ -963,6 +1027,11 @@ static napi_value js_tun_read(napi_env env, napi_callback_info info) {
     return NULL;
   }
   int room = o.slot_size - o.headroom;
+  /* Whole TCP super-packets go to the jumbo slots at the arena's end (JUMBO_SLOTS per call). */
+  uint8_t *jbase = NULL;
+  if (h->keep_super && h->vnet && o.arena_len >= (size_t)o.capacity * (size_t)o.slot_size + JUMBO_REGION)
+    jbase = o.arena + o.arena_len - JUMBO_REGION;
+  int jn = 0;
   if (h->pending_len > 0) {
     vnet_hdr v;
     parse_vnet(h->pending_hdr, &v);
@@ -977,13 +1046,16 @@ static napi_value js_tun_read(napi_env env, napi_callback_info info) {
       h->pending_len = 0;
     }
   }
-  while (h->pending_len == 0 && o.count < o.capacity) {
+  while (h->pending_len == 0 && o.count < o.capacity && (!jbase || jn < JUMBO_SLOTS)) {
     uint8_t *slot = o.arena + (size_t)o.count * (size_t)o.slot_size + (size_t)o.headroom;
     ssize_t n;
     uint8_t hdr[VNET_HDR_LEN];
+    /* Where a packet longer than the slot is made contiguous (and where its tail spills). */
+    uint8_t *jumbo = jbase ? jbase + (size_t)jn * JUMBO_SLOT + JUMBO_META + JUMBO_HEAD : NULL;
+    uint8_t *spill = jumbo ? jumbo : h->scratch;
     if (h->vnet) {
-      /* Header, then straight into the slot; anything longer spills into scratch. */
-      struct iovec iov[3] = {{hdr, VNET_HDR_LEN}, {slot, (size_t)room}, {h->scratch + room, (size_t)(MAX_SUPER + 64 - room)}};
+      /* Header, then straight into the slot; anything longer spills after the slot part. */
+      struct iovec iov[3] = {{hdr, VNET_HDR_LEN}, {slot, (size_t)room}, {spill + room, (size_t)(MAX_SUPER + 64 - room)}};
       n = readv(h->fd, iov, room < MAX_SUPER ? 3 : 2);
     } else {
       n = read(h->fd, slot, (size_t)room);
@@ -1017,15 +1089,24 @@ static napi_value js_tun_read(napi_env env, napi_callback_info info) {
     if ((v.gso_type & ~VNET_GSO_ECN) == VNET_GSO_NONE && len <= room) {
       r = process_vnet_packet(h, slot, len, &v, &o, 1);
     } else {
-      /* Make the packet contiguous in scratch (the slot part moves in front of the spill). */
+      /* Make the packet contiguous (the slot part moves in front of the spill). */
       int head = len < room ? len : room;
-      memcpy(h->scratch, slot, (size_t)head);
-      r = process_vnet_packet(h, h->scratch, len, &v, &o, 0);
+      memcpy(spill, slot, (size_t)head);
+      if (jumbo && whole_super_ok(spill, len, &v)) {
+        put_jumbo(&o, spill, len, &v);
+        h->counters[TC_WHOLE_SUPER]++;
+        h->counters[TC_PACKETS_IN]++;
+        o.count++;
+        jn++;
+        continue;
+      }
+      r = process_vnet_packet(h, spill, len, &v, &o, 0);
       if (r == -2 && o.count == 0) {
         h->counters[TC_DROPPED]++; /* needs more slots than the whole batch has */
         continue;
       }
       if (r == -2) {
+        if (spill != h->scratch) memcpy(h->scratch, spill, (size_t)len);
         memcpy(h->pending_hdr, hdr, VNET_HDR_LEN);
         h->pending_len = len;
         h->counters[TC_PENDING]++;
@@ -1494,6 +1575,7 @@ static napi_value js_udp_open(napi_env env, napi_callback_info info) {
     return throw_errno(env, "udpOpen", ENOMEM);
   }
   h->kind = KIND_UDP;
+  h->tap_fd = -1;
   h->fd = fd;
   h->gso = gso;
   h->gro = gro;
@@ -1555,104 +1637,125 @@ static napi_value js_udp_attach_steering(napi_env env, napi_callback_info info) 
   return NULL;
 }
 
+/*
+ * tapOpen(name) -> { handle, name, mac } : a TAP device for tunnel-GSO sends (see
+ * TUN_F_UDP_TUNNEL_GSO above). Throws with the errno when the kernel refuses the tunnel
+ * offload (EINVAL before 6.17), so the caller can fall back to segmenting in userspace.
+ */
+static napi_value js_tap_open(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  char name[IFNAMSIZ + 1];
+  size_t nlen = 0;
+  if (argc < 1 || napi_get_value_string_utf8(env, argv[0], name, sizeof name, &nlen) != napi_ok) {
+    napi_throw_type_error(env, "WEFT_NATIVE", "tapOpen(name)");
+    return NULL;
+  }
+  if (nlen >= IFNAMSIZ) {
+    napi_throw_range_error(env, "WEFT_NATIVE", "interface name longer than 15 bytes");
+    return NULL;
+  }
+  int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return throw_errno(env, "open /dev/net/tun", errno);
+  struct ifreq ifr;
+  memset(&ifr, 0, sizeof ifr);
+  memcpy(ifr.ifr_name, name, nlen);
+  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+  int r = -1;
+  for (int attempt = 0; attempt < 40; attempt++) {
+    r = ioctl(fd, TUNSETIFF, &ifr);
+    if (r == 0 || errno != EBUSY) break;
+    sleep_ms(50);
+  }
+  int sz = TNL_VNET_LEN;
+  const char *what = "TUNSETIFF (TAP)";
+  if (r == 0) {
+    what = "TUNSETVNETHDRSZ";
+    r = ioctl(fd, TUNSETVNETHDRSZ, &sz);
+  }
+  if (r == 0) {
+    what = "TUNSETOFFLOAD (UDP tunnel GSO)";
+    r = ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_UDP_TUNNEL_GSO));
+  }
+  uint8_t mac[6];
+  if (r == 0) {
+    what = "SIOCGIFHWADDR";
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    r = s < 0 ? -1 : ioctl(s, SIOCGIFHWADDR, &ifr);
+    int e = errno;
+    if (s >= 0) close(s);
+    errno = e;
+    if (r == 0) memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
+  }
+  if (r < 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, what, e);
+  }
+  weft_handle *h = calloc(1, sizeof *h);
+  if (!h) {
+    close(fd);
+    return throw_errno(env, "tapOpen", ENOMEM);
+  }
+  h->kind = KIND_TAP;
+  h->fd = fd;
+  memcpy(h->mac, mac, 6);
+  napi_value ext = wrap_handle(env, h);
+  if (!ext) return NULL;
+  napi_value res, v;
+  NAPI_CALL(env, napi_create_object(env, &res));
+  napi_set_named_property(env, res, "handle", ext);
+  napi_create_string_utf8(env, ifr.ifr_name, strnlen(ifr.ifr_name, IFNAMSIZ), &v);
+  napi_set_named_property(env, res, "name", v);
+  char macs[18];
+  snprintf(macs, sizeof macs, "%02x:%02x:%02x:%02x:%02x:%02x", mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]);
+  napi_create_string_utf8(env, macs, NAPI_AUTO_LENGTH, &v);
+  napi_set_named_property(env, res, "mac", v);
+  return res;
+}
+
+/*
+ * udpAttachTunnel(udpHandle, tapHandle | null): whole super-packets sent on this socket go
+ * to the TAP as tunnel-GSO writes (the socket keeps its own duplicate of the TAP's fd, so
+ * the TAP handle may be closed); null detaches. Without a TAP they are segmented here.
+ */
+static napi_value js_udp_attach_tunnel(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  weft_handle *h = argc >= 1 ? get_handle(env, argv[0], KIND_UDP) : NULL;
+  if (!h) return NULL;
+  napi_valuetype t = napi_undefined;
+  if (argc >= 2) napi_typeof(env, argv[1], &t);
+  if (h->tap_fd >= 0) close(h->tap_fd);
+  h->tap_fd = -1;
+  if (t == napi_null || t == napi_undefined) return NULL;
+  weft_handle *tap = get_handle(env, argv[1], KIND_TAP);
+  if (!tap) return NULL;
+  if (tap->closed || h->closed) {
+    napi_throw_error(env, "WEFT_NATIVE", "udpAttachTunnel: handle is closed");
+    return NULL;
+  }
+  if (h->addr == 0) {
+    napi_throw_error(env, "WEFT_NATIVE", "udpAttachTunnel: the socket must be bound to an address (the outer source)");
+    return NULL;
+  }
+  int fd = fcntl(tap->fd, F_DUPFD_CLOEXEC, 0);
+  if (fd < 0) return throw_errno(env, "udpAttachTunnel: dup", errno);
+  h->tap_fd = fd;
+  memcpy(h->tap_mac, tap->mac, 6);
+  return NULL;
+}
+
 static int64_t now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/*
- * udpSend(handle, arena, offset, length, addr, port, count) -> datagrams sent.
- * One sendmmsg per call (more only after EAGAIN waits or a partial send).
- */
-static napi_value js_udp_send(napi_env env, napi_callback_info info) {
-  size_t argc = 7;
-  napi_value argv[7];
-  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 7) {
-    napi_throw_type_error(env, "WEFT_NATIVE", "udpSend(handle, arena, offset, length, addr, port, count)");
-    return NULL;
-  }
-  weft_handle *h = get_handle(env, argv[0], KIND_UDP);
-  if (!h) return NULL;
-  uint8_t *arena;
-  size_t alen, n1, n2, n3, n4;
-  void *po, *pl, *pa, *pp;
-  int32_t count;
-  if (!get_buffer(env, argv[1], &arena, &alen) || !get_typed(env, argv[2], napi_int32_array, &po, &n1) ||
-      !get_typed(env, argv[3], napi_int32_array, &pl, &n2) || !get_typed(env, argv[4], napi_uint32_array, &pa, &n3) ||
-      !get_typed(env, argv[5], napi_uint16_array, &pp, &n4) || !get_i32(env, argv[6], &count)) {
-    napi_throw_type_error(env, "WEFT_NATIVE", "udpSend(handle, arena, offset:Int32Array, length:Int32Array, addr:Uint32Array, port:Uint16Array, count)");
-    return NULL;
-  }
-  if (count < 0 || (size_t)count > n1 || (size_t)count > n2 || (size_t)count > n3 || (size_t)count > n4) {
-    napi_throw_range_error(env, "WEFT_NATIVE", "count exceeds the descriptor arrays");
-    return NULL;
-  }
-  if (h->closed) {
-    napi_throw_error(env, "WEFT_NATIVE", "UDP handle is closed");
-    return NULL;
-  }
-  const int32_t *off = po, *len = pl;
-  const uint32_t *addr = pa;
-  const uint16_t *port = pp;
-  if (!ensure_msg_cap(h, (size_t)count + 1, (size_t)count + 1)) return throw_errno(env, "udpSend", ENOMEM);
-
-  /* Build messages: runs of same destination and size (last may be shorter) -> one GSO message. */
-  int nmsg = 0, niov = 0;
-  /* first descriptor and datagram count of each message, kept in the msghdr's spare fields */
-  int i = 0;
-  while (i < count) {
-    if (off[i] < 0 || len[i] <= 0 || (size_t)off[i] + (size_t)len[i] > alen) {
-      h->counters[UC_DROPPED]++;
-      i++;
-      continue;
-    }
-    int j = i + 1;
-    int total = len[i];
-    if (h->gso) {
-      while (j < count && j - i < UDP_GSO_MAX_SEGS && addr[j] == addr[i] && port[j] == port[i] &&
-             len[j] > 0 && len[j] <= len[i] && off[j] >= 0 && (size_t)off[j] + (size_t)len[j] <= alen &&
-             total + len[j] <= UDP_GSO_MAX_BYTES) {
-        total += len[j];
-        j++;
-        if (len[j - 1] < len[i]) break;
-      }
-    }
-    struct mmsghdr *m = &h->msgs[nmsg];
-    struct sockaddr_in *sa = &h->names[nmsg];
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons(port[i]);
-    sa->sin_addr.s_addr = htonl(addr[i]);
-    memset(&m->msg_hdr, 0, sizeof m->msg_hdr);
-    m->msg_hdr.msg_name = sa;
-    m->msg_hdr.msg_namelen = sizeof *sa;
-    m->msg_hdr.msg_iov = &h->msg_iov[niov];
-    m->msg_hdr.msg_iovlen = (size_t)(j - i);
-    for (int k = i; k < j; k++) {
-      h->msg_iov[niov].iov_base = arena + off[k];
-      h->msg_iov[niov].iov_len = (size_t)len[k];
-      niov++;
-    }
-    if (j - i > 1) {
-      uint8_t *c = h->ctrl + (size_t)nmsg * CTRL_SPACE;
-      memset(c, 0, CMSG_SPACE(sizeof(uint16_t)));
-      m->msg_hdr.msg_control = c;
-      m->msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t));
-      struct cmsghdr *cm = CMSG_FIRSTHDR(&m->msg_hdr);
-      cm->cmsg_level = SOL_UDP;
-      cm->cmsg_type = UDP_SEGMENT;
-      cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-      uint16_t seg = (uint16_t)len[i];
-      memcpy(CMSG_DATA(cm), &seg, sizeof seg);
-      h->counters[UC_GSO_MESSAGES]++;
-    }
-    m->msg_len = (unsigned)(j - i); /* datagrams in this message, until sendmmsg overwrites it */
-    nmsg++;
-    i = j;
-  }
-
+/* Sends messages [0, nmsg) built in h->msgs; returns datagrams sent. */
+static int send_msgs(weft_handle *h, int nmsg) {
   int sent = 0, done = 0;
   int64_t deadline = -1;
   while (done < nmsg) {
@@ -1706,6 +1809,226 @@ static napi_value js_udp_send(napi_env env, napi_callback_info info) {
     }
     done++;
   }
+  return sent;
+}
+
+/* The jumbo meta of descriptor (off, len) when it is a whole super-packet from tunRead. */
+static uint8_t *jumbo_of(uint8_t *arena, size_t alen, int32_t off, int32_t len, int32_t *pkt_at, vnet_hdr *v) {
+  if (alen < JUMBO_REGION || off < 0 || len <= 0) return NULL;
+  size_t base = alen - JUMBO_REGION;
+  if ((size_t)off < base || (size_t)off + (size_t)len > alen) return NULL;
+  uint8_t *m = arena + base + ((size_t)off - base) / JUMBO_SLOT * JUMBO_SLOT;
+  uint32_t magic;
+  memcpy(&magic, m, 4);
+  memcpy(pkt_at, m + 4, 4);
+  if (magic != JUMBO_MAGIC || *pkt_at < off || *pkt_at - off > JUMBO_HEAD || *pkt_at >= off + len) return NULL;
+  memset(v, 0, sizeof *v);
+  memcpy(&v->gso_size, m + 8, 2);
+  v->gso_type = m[10];
+  v->flags = VNET_F_NEEDS_CSUM;
+  const uint8_t *p = arena + *pkt_at;
+  v->csum_start = (uint16_t)((p[0] & 15) * 4);
+  v->csum_offset = 16;
+  return m;
+}
+
+/* A whole super-packet as ordinary datagrams, segmented here (no tunnel-GSO TAP attached). */
+static int send_segmented(weft_handle *h, uint8_t *arena, int32_t off, int32_t len, int32_t pkt_at,
+                          const vnet_hdr *v, uint32_t addr, uint16_t port) {
+  enum { SEG_SLOT = 2048, SEG_MAX = 64 };
+  int encap = pkt_at - off;
+  const uint8_t *pkt = arena + pkt_at;
+  int plen = len - encap;
+  int hdrlen = 0;
+  int segs = gso_segments(pkt, plen, v, &hdrlen);
+  if (segs <= 0 || segs > SEG_MAX || encap >= SEG_SLOT / 2) return 0;
+  if (!h->seg_arena && !(h->seg_arena = malloc((size_t)SEG_SLOT * SEG_MAX))) return 0;
+  int32_t so[SEG_MAX], sl[SEG_MAX];
+  out_batch b = {.arena = h->seg_arena, .arena_len = (size_t)SEG_SLOT * SEG_MAX, .headroom = encap,
+                 .slot_size = SEG_SLOT, .capacity = SEG_MAX, .offset = so, .length = sl, .count = 0};
+  int n = segment_into(pkt, plen, v, hdrlen, &b);
+  if (n <= 0 || !ensure_msg_cap(h, (size_t)n, (size_t)n)) return 0;
+  h->counters[UC_TUNNEL_FALLBACKS]++;
+  for (int k = 0; k < n; k++) {
+    uint8_t *d = h->seg_arena + so[k] - encap;
+    memcpy(d, arena + off, (size_t)encap);
+    struct mmsghdr *m = &h->msgs[k];
+    struct sockaddr_in *sa = &h->names[k];
+    memset(sa, 0, sizeof *sa);
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons(port);
+    sa->sin_addr.s_addr = htonl(addr);
+    memset(&m->msg_hdr, 0, sizeof m->msg_hdr);
+    m->msg_hdr.msg_name = sa;
+    m->msg_hdr.msg_namelen = sizeof *sa;
+    h->msg_iov[k].iov_base = d;
+    h->msg_iov[k].iov_len = (size_t)(sl[k] + encap);
+    m->msg_hdr.msg_iov = &h->msg_iov[k];
+    m->msg_hdr.msg_iovlen = 1;
+  }
+  return send_msgs(h, n) == n ? 1 : 0;
+}
+
+/* One whole super-packet (its encapsulation header in front) as one tunnel-GSO TAP write. */
+static int send_whole(weft_handle *h, uint8_t *arena, int32_t off, int32_t len, int32_t pkt_at,
+                      const vnet_hdr *v, uint32_t addr, uint16_t port) {
+  if (h->tap_fd < 0 || len + TNL_OUTER_LEN - 14 > 65535) return send_segmented(h, arena, off, len, pkt_at, v, addr, port);
+  uint8_t hb[TNL_VNET_LEN + TNL_OUTER_LEN];
+  memset(hb, 0, TNL_VNET_LEN);
+  int inner = TNL_OUTER_LEN + (pkt_at - off);
+  const uint8_t *pkt = arena + pkt_at;
+  int ihl = (pkt[0] & 15) * 4;
+  int thl = (pkt[ihl + 12] >> 4) * 4;
+  hb[0] = VNET_F_NEEDS_CSUM;
+  hb[1] = (uint8_t)(v->gso_type | VNET_GSO_UDP_TUNNEL_IPV4);
+  wle16(hb + 2, (uint16_t)(inner + ihl + thl));
+  wle16(hb + 4, v->gso_size);
+  wle16(hb + 6, (uint16_t)(inner + ihl));
+  wle16(hb + 8, 16);
+  wle16(hb + 20, 14 + 20);
+  wle16(hb + 22, (uint16_t)inner);
+  uint8_t *e = hb + TNL_VNET_LEN;
+  memcpy(e, h->tap_mac, 6);
+  static const uint8_t src_mac[6] = {0x02, 0x77, 0x65, 0x66, 0x74, 0x00};
+  memcpy(e + 6, src_mac, 6);
+  e[12] = 0x08;
+  e[13] = 0x00;
+  uint8_t *ip = e + 14;
+  memset(ip, 0, 28);
+  ip[0] = 0x45;
+  wr16(ip + 2, (uint16_t)(28 + len));
+  wr16(ip + 4, h->ip_id++);
+  ip[8] = 64;
+  ip[9] = 17;
+  wr32(ip + 12, h->addr);
+  wr32(ip + 16, addr);
+  ip_fix_csum(ip, 20);
+  uint8_t *udp = ip + 20;
+  wr16(udp, (uint16_t)h->port);
+  wr16(udp + 2, port);
+  wr16(udp + 4, (uint16_t)(8 + len));
+  struct iovec iov[2] = {{hb, sizeof hb}, {arena + off, (size_t)len}};
+  for (;;) {
+    ssize_t r = writev(h->tap_fd, iov, 2);
+    if (r >= 0) {
+      h->counters[UC_TUNNEL_WRITES]++;
+      return 1;
+    }
+    if (errno == EINTR) continue;
+    break;
+  }
+  /* The TAP refused (gone, down, or a kernel without tunnel GSO): stop using it. */
+  h->counters[UC_TUNNEL_ERRORS]++;
+  close(h->tap_fd);
+  h->tap_fd = -1;
+  return send_segmented(h, arena, off, len, pkt_at, v, addr, port);
+}
+
+/*
+ * udpSend(handle, arena, offset, length, addr, port, count) -> datagrams sent.
+ * One sendmmsg per call (more only after EAGAIN waits or a partial send).
+ */
+static napi_value js_udp_send(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 7) {
+    napi_throw_type_error(env, "WEFT_NATIVE", "udpSend(handle, arena, offset, length, addr, port, count)");
+    return NULL;
+  }
+  weft_handle *h = get_handle(env, argv[0], KIND_UDP);
+  if (!h) return NULL;
+  uint8_t *arena;
+  size_t alen, n1, n2, n3, n4;
+  void *po, *pl, *pa, *pp;
+  int32_t count;
+  if (!get_buffer(env, argv[1], &arena, &alen) || !get_typed(env, argv[2], napi_int32_array, &po, &n1) ||
+      !get_typed(env, argv[3], napi_int32_array, &pl, &n2) || !get_typed(env, argv[4], napi_uint32_array, &pa, &n3) ||
+      !get_typed(env, argv[5], napi_uint16_array, &pp, &n4) || !get_i32(env, argv[6], &count)) {
+    napi_throw_type_error(env, "WEFT_NATIVE", "udpSend(handle, arena, offset:Int32Array, length:Int32Array, addr:Uint32Array, port:Uint16Array, count)");
+    return NULL;
+  }
+  if (count < 0 || (size_t)count > n1 || (size_t)count > n2 || (size_t)count > n3 || (size_t)count > n4) {
+    napi_throw_range_error(env, "WEFT_NATIVE", "count exceeds the descriptor arrays");
+    return NULL;
+  }
+  if (h->closed) {
+    napi_throw_error(env, "WEFT_NATIVE", "UDP handle is closed");
+    return NULL;
+  }
+  const int32_t *off = po, *len = pl;
+  const uint32_t *addr = pa;
+  const uint16_t *port = pp;
+  if (!ensure_msg_cap(h, (size_t)count + 1, (size_t)count + 1)) return throw_errno(env, "udpSend", ENOMEM);
+
+  /* Build messages: runs of same destination and size (last may be shorter) -> one GSO message. */
+  int nmsg = 0, niov = 0;
+  /* first descriptor and datagram count of each message, kept in the msghdr's spare fields */
+  int i = 0, sent = 0;
+  while (i < count) {
+    if (off[i] < 0 || len[i] <= 0 || (size_t)off[i] + (size_t)len[i] > alen) {
+      h->counters[UC_DROPPED]++;
+      i++;
+      continue;
+    }
+    int32_t pkt_at;
+    vnet_hdr jv;
+    uint8_t *meta = jumbo_of(arena, alen, off[i], len[i], &pkt_at, &jv);
+    if (meta) {
+      /* Keep the order: what was built so far goes first. */
+      sent += send_msgs(h, nmsg);
+      nmsg = niov = 0;
+      sent += send_whole(h, arena, off[i], len[i], pkt_at, &jv, addr[i], port[i]);
+      memset(meta, 0, 4); /* the meta is used once */
+      i++;
+      continue;
+    }
+    int j = i + 1;
+    int total = len[i];
+    if (h->gso) {
+      while (j < count && j - i < UDP_GSO_MAX_SEGS && addr[j] == addr[i] && port[j] == port[i] &&
+             len[j] > 0 && len[j] <= len[i] && off[j] >= 0 && (size_t)off[j] + (size_t)len[j] <= alen &&
+             total + len[j] <= UDP_GSO_MAX_BYTES) {
+        total += len[j];
+        j++;
+        if (len[j - 1] < len[i]) break;
+      }
+    }
+    struct mmsghdr *m = &h->msgs[nmsg];
+    struct sockaddr_in *sa = &h->names[nmsg];
+    memset(sa, 0, sizeof *sa);
+    sa->sin_family = AF_INET;
+    sa->sin_port = htons(port[i]);
+    sa->sin_addr.s_addr = htonl(addr[i]);
+    memset(&m->msg_hdr, 0, sizeof m->msg_hdr);
+    m->msg_hdr.msg_name = sa;
+    m->msg_hdr.msg_namelen = sizeof *sa;
+    m->msg_hdr.msg_iov = &h->msg_iov[niov];
+    m->msg_hdr.msg_iovlen = (size_t)(j - i);
+    for (int k = i; k < j; k++) {
+      h->msg_iov[niov].iov_base = arena + off[k];
+      h->msg_iov[niov].iov_len = (size_t)len[k];
+      niov++;
+    }
+    if (j - i > 1) {
+      uint8_t *c = h->ctrl + (size_t)nmsg * CTRL_SPACE;
+      memset(c, 0, CMSG_SPACE(sizeof(uint16_t)));
+      m->msg_hdr.msg_control = c;
+      m->msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+      struct cmsghdr *cm = CMSG_FIRSTHDR(&m->msg_hdr);
+      cm->cmsg_level = SOL_UDP;
+      cm->cmsg_type = UDP_SEGMENT;
+      cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+      uint16_t seg = (uint16_t)len[i];
+      memcpy(CMSG_DATA(cm), &seg, sizeof seg);
+      h->counters[UC_GSO_MESSAGES]++;
+    }
+    m->msg_len = (unsigned)(j - i); /* datagrams in this message, until sendmmsg overwrites it */
+    nmsg++;
+    i = j;
+  }
+
+  sent += send_msgs(h, nmsg);
   napi_value res;
   napi_create_int32(env, sent, &res);
   return res;
@@ -1834,6 +2157,8 @@ NAPI_MODULE_INIT() {
       {"udpSend", NULL, js_udp_send, NULL, NULL, NULL, napi_default, NULL},
       {"udpRecv", NULL, js_udp_recv, NULL, NULL, NULL, napi_default, NULL},
       {"udpAttachSteering", NULL, js_udp_attach_steering, NULL, NULL, NULL, napi_default, NULL},
+      {"tapOpen", NULL, js_tap_open, NULL, NULL, NULL, napi_default, NULL},
+      {"udpAttachTunnel", NULL, js_udp_attach_tunnel, NULL, NULL, NULL, napi_default, NULL},
       {"busyPoll", NULL, js_busy_poll, NULL, NULL, NULL, napi_default, NULL},
       {"startReading", NULL, js_start, NULL, NULL, NULL, napi_default, NULL},
       {"stopReading", NULL, js_stop, NULL, NULL, NULL, napi_default, NULL},

@@ -35,6 +35,12 @@ export interface BackendContext {
    * default DEFAULT_BUSY_POLL_US; 0 = off). Kernel data paths ignore it.
    */
   readonly busyPollUs?: number;
+  /**
+   * Tunnel GSO (weftd --tunnel-gso): whole TCP super-packets go to the kernel as one
+   * UDP-tunnel GSO packet each, through a TAP device, and the kernel cuts them into the
+   * wire format (src/backend/tunnel-gso.ts). Userspace data paths only; off by default.
+   */
+  readonly tunnelGso?: boolean;
 }
 
 export interface PreparedBackend {

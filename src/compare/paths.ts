@@ -67,6 +67,14 @@ export const PATHS: readonly PathSpec[] = [
     setup: async (c) => void (await c.startWeftdAll({ backend: 'udp', extraArgs: ['--workers', '2'] })),
   },
   {
+    id: 'udp-tgso',
+    name: 'weft udp, tunnel GSO',
+    overheadBytes: 28,
+    how: 'weft udp with --tunnel-gso: whole TCP super-packets to the kernel through a TAP, segmented there',
+    userspace: true,
+    setup: async (c) => void (await c.startWeftdAll({ backend: 'udp', extraArgs: ['--tunnel-gso'] })),
+  },
+  {
     id: 'vxlan-user',
     name: 'weft vxlan (userspace)',
     overheadBytes: 50,
@@ -86,6 +94,19 @@ export const PATHS: readonly PathSpec[] = [
         backend: 'vxlan',
         backendOptions: { Dataplane: 'userspace' },
         extraArgs: ['--workers', '2'],
+      })),
+  },
+  {
+    id: 'vxlan-user-tgso',
+    name: 'weft vxlan (userspace), tunnel GSO',
+    overheadBytes: 50,
+    how: 'weft userspace vxlan with --tunnel-gso',
+    userspace: true,
+    setup: async (c) =>
+      void (await c.startWeftdAll({
+        backend: 'vxlan',
+        backendOptions: { Dataplane: 'userspace' },
+        extraArgs: ['--tunnel-gso'],
       })),
   },
   {

@@ -16,6 +16,7 @@ import { deviceError, loadAddon } from '../native/addon.ts';
 import type { NativeHandle, UdpCounters, WeftIoAddon } from '../native/addon.ts';
 import { DeviceError } from '../util/errors.ts';
 import { formatIpv4 } from '../routing/ipv4.ts';
+import type { TunnelGsoDevice } from '../backend/tunnel-gso.ts';
 
 /** Default socket buffers: several MiB, so bursts of GSO traffic are not dropped. */
 export const DEFAULT_RCVBUF = 8 * 1024 * 1024;
@@ -120,6 +121,15 @@ export class NativeConn implements PacketConn {
         'the socket must be open with SO_REUSEPORT (workers > 1) and the program valid cBPF',
       );
     }
+  }
+
+  /**
+   * Whole TCP super-packets in a send batch (from a TUN opened with keepSuperPackets) go to
+   * this tunnel-GSO TAP, one write each (src/backend/tunnel-gso.ts); undefined detaches,
+   * and they are then segmented here. The socket keeps its own fd of the TAP.
+   */
+  attachTunnel(tap: TunnelGsoDevice | undefined): void {
+    this.addon.udpAttachTunnel(this.h(), tap?.handle ?? null);
   }
 
   close(): void {

@@ -433,6 +433,7 @@ class Daemon implements DaemonHandle {
       offloads: opts.offloads,
       workers: opts.workers,
       busyPollUs: opts.busyPollUs,
+      tunnelGso: opts.tunnelGso,
     };
     const create =
       this.deps.createBackend ??

@@ -55,6 +55,8 @@ export interface DaemonOptions {
   readonly workers: number;
   /** Busy-poll window of a userspace forwarder after traffic (µs, 0 = off). */
   readonly busyPollUs: number;
+  /** Whole TCP super-packets to the kernel as UDP-tunnel GSO packets (userspace data paths). */
+  readonly tunnelGso: boolean;
   /** Give the lease back on a graceful stop (default: keep it, so a restart keeps the subnet). */
   readonly releaseOnExit: boolean;
   /** Install the CNI plugin and conflist once ready (flannel's install-cni init container). */
@@ -164,6 +166,13 @@ export const FLAGS: readonly FlagSpec[] = [
     dflt: String(DEFAULT_BUSY_POLL_US),
     help: `after a turn of few packets, keep polling TUN and socket this many µs before sleeping (0 = off, up to ${MAX_BUSY_POLL_US}; empty windows at most 10% of a core): lower request/response latency`,
     alsoEnv: ['WEFT_BUSY_POLL_US'],
+  },
+  {
+    name: 'tunnel-gso',
+    kind: 'bool',
+    dflt: 'false',
+    help: 'userspace data path: hand whole TCP super-packets to the kernel as UDP-tunnel GSO packets through a TAP device (kernel 6.17+; the node forwards them, so its FORWARD chain must accept them and rp_filter must not be strict); much less CPU per bit',
+    alsoEnv: ['WEFT_TUNNEL_GSO'],
   },
   { name: 'release-on-exit', kind: 'bool', dflt: 'false', help: 'give the lease back on a graceful stop' },
   {
@@ -398,6 +407,7 @@ export function parseOptions(
     tunName,
     workers,
     busyPollUs,
+    tunnelGso: bool('tunnel-gso'),
     releaseOnExit: bool('release-on-exit'),
     installCni: bool('install-cni'),
     cniConfFile: str('cni-conf-file'),

@@ -63,6 +63,8 @@ export interface TunCounters {
   partialCsumWrites: number;
   /** TCP packets larger than the MTU written whole as one GSO write. */
   gsoWrites: number;
+  /** TCP super-packets handed up whole for a tunnel-GSO send instead of segmented. */
+  wholeSuperPackets: number;
 }
 
 export interface UdpCounters {
@@ -79,12 +81,33 @@ export interface UdpCounters {
   errors: number;
   truncated: number;
   dropped: number;
+  /** Whole super-packets written to the tunnel-GSO TAP (one per 64 KiB). */
+  tunnelWrites: number;
+  /** TAP writes that failed; the TAP is detached after the first. */
+  tunnelErrors: number;
+  /** Whole super-packets segmented by the socket because no TAP was attached. */
+  tunnelFallbacks: number;
   /** 1 while UDP_SEGMENT is used (turned off when the egress device refuses it with EIO). */
   gsoEnabled: number;
 }
 
 export interface WeftIoAddon {
-  tunOpen(name: string, vnetHdr: boolean, multiQueue: boolean, offloads: boolean, mtu: number): TunOpenResult;
+  /** keepSuperPackets: TCP super-packets are handed up whole (in a batch's jumbo region, see PacketBatch.forTunRead). */
+  tunOpen(
+    name: string,
+    vnetHdr: boolean,
+    multiQueue: boolean,
+    offloads: boolean,
+    mtu: number,
+    keepSuperPackets?: boolean,
+  ): TunOpenResult;
+  /** A TAP device with UDP-tunnel GSO offload (kernel 6.17+); throws with the errno otherwise. */
+  tapOpen(name: string): { handle: NativeHandle; name: string; mac: string };
+  /**
+   * Whole super-packets sent on this socket go to the TAP as one tunnel-GSO write each
+   * (null detaches: they are then segmented by the socket). The socket keeps its own fd.
+   */
+  udpAttachTunnel(udp: NativeHandle, tap: NativeHandle | null): void;
   tunRead(
     h: NativeHandle,
     arena: Buffer,

@@ -12,6 +12,12 @@
  * Nothing here allocates per packet: descriptors are rewritten in place (decap moves
  * offset forward, encap moves it back into the headroom and writes the header there).
  */
+/**
+ * Bytes of the jumbo region of a TUN read batch: 4 slots, each 16 bytes of metadata, 256 of
+ * headroom and one 64 KiB super-packet plus 64 of slack (JUMBO_REGION in native/weft_io.c).
+ */
+export const JUMBO_REGION_BYTES = 4 * (16 + 256 + 65535 + 64);
+
 export class PacketBatch {
   /** Backing store. Layout is decided by whoever fills the batch (see forSlots / forReceive). */
   readonly arena: Buffer;
@@ -46,6 +52,17 @@ export class PacketBatch {
   static forSlots(capacity: number, slotSize: number, headroom: number): PacketBatch {
     if (headroom >= slotSize) throw new RangeError('headroom must be smaller than slotSize');
     return new PacketBatch(Buffer.allocUnsafeSlow(capacity * slotSize), capacity, slotSize, headroom);
+  }
+
+  /**
+   * A TUN read batch: forSlots plus a jumbo region (JUMBO_REGION_BYTES) at the arena's end,
+   * where a TUN opened with keepSuperPackets puts up to 4 whole TCP super-packets per read (see
+   * native/weft_io.c, tunnel GSO). Descriptors into it are ordinary descriptors to JS.
+   */
+  static forTunRead(capacity: number, slotSize: number, headroom: number): PacketBatch {
+    if (headroom >= slotSize) throw new RangeError('headroom must be smaller than slotSize');
+    const arena = Buffer.allocUnsafeSlow(capacity * slotSize + JUMBO_REGION_BYTES);
+    return new PacketBatch(arena, capacity, slotSize, headroom);
   }
 
   /**

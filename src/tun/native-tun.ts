@@ -25,6 +25,12 @@ export interface OpenTunOptions {
   multiQueue?: boolean;
   /** TSO/USO offloads and write coalescing (default true). false: no vnet header. */
   offloads?: boolean;
+  /**
+   * Hand TCP super-packets up whole instead of segmenting them, one per read, in the jumbo
+   * region of a PacketBatch.forTunRead batch (tunnel GSO: src/backend/tunnel-gso.ts). The
+   * socket that sends them must take whole super-packets (NativeConn does).
+   */
+  keepSuperPackets?: boolean;
 }
 
 export class NativeTun implements TunDevice {
@@ -114,7 +120,14 @@ export function openTun(opts: OpenTunOptions): NativeTun {
   const vnetHdr = opts.vnetHdr ?? offloads;
   let r;
   try {
-    r = addon.tunOpen(opts.name, vnetHdr, opts.multiQueue ?? false, offloads && vnetHdr, opts.mtu);
+    r = addon.tunOpen(
+      opts.name,
+      vnetHdr,
+      opts.multiQueue ?? false,
+      offloads && vnetHdr,
+      opts.mtu,
+      opts.keepSuperPackets ?? false,
+    );
   } catch (err) {
     throw deviceError(
       `opening TUN device ${opts.name}`,

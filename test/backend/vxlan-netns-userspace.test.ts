@@ -78,4 +78,28 @@ void describe('vxlan in network namespaces (userspace data plane)', () => {
       },
     );
   });
+
+  void test('mixed, the userspace node with tunnel GSO: Linux vxlan takes its whole super-packets', async () => {
+    process.env.WEFT_TEST_TUNNEL_GSO = '1';
+    try {
+      await withCluster(
+        [
+          { Type: 'vxlan', VNI, Dataplane: 'userspace' },
+          { Type: 'vxlan', VNI, Dataplane: 'kernel' },
+        ],
+        async (c) => {
+          await bothWays(c);
+          await assertCapturedVxlan(c, c.node(0), c.node(1));
+          // A's TCP left as whole super-packets through its TAP, and B's kernel vxlan device
+          // (the only reader there) delivered them: bothWays checked every byte came back.
+          const io = (await c.node(0).stats()) as { connIo?: Record<string, number> };
+          assert.ok((io.connIo?.['tunnelWrites'] ?? 0) > 0, `tunnel writes: ${JSON.stringify(io.connIo)}`);
+          assert.equal(io.connIo?.['tunnelErrors'], 0);
+          assert.equal(io.connIo?.['tunnelFallbacks'], 0);
+        },
+      );
+    } finally {
+      delete process.env.WEFT_TEST_TUNNEL_GSO;
+    }
+  });
 });

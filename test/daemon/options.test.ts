@@ -137,6 +137,13 @@ void test('--help lists every flag with its environment variable', () => {
   assert.equal(parseOptions(['--help'], {}).help, true);
 });
 
+void test('--tunnel-gso / WEFT_TUNNEL_GSO: off by default', () => {
+  assert.equal(parseOptions([], {}).tunnelGso, false);
+  assert.equal(parseOptions(['--tunnel-gso'], {}).tunnelGso, true);
+  assert.equal(parseOptions([], { WEFT_TUNNEL_GSO: 'true' }).tunnelGso, true);
+  assert.equal(parseOptions(['--tunnel-gso=false'], { WEFT_TUNNEL_GSO: 'true' }).tunnelGso, false);
+});
+
 void test('--busy-poll-us / WEFT_BUSY_POLL_US: 100 by default, 0 (off)..10000 µs', () => {
   assert.equal(parseOptions([], {}).busyPollUs, 100);
   assert.equal(parseOptions(['--busy-poll-us', '0'], {}).busyPollUs, 0);

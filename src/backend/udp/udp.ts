@@ -37,6 +37,8 @@ import { cidrToKey, formatCidr, formatIpv4, tryParseIpv4 } from '../../routing/i
 import type { Ipv4Cidr } from '../../routing/ipv4.ts';
 import type { TunDevice } from '../../tun/tun.ts';
 import { ConfigError, DeviceError } from '../../util/errors.ts';
+import { canTunnel, openTunnelGso } from '../tunnel-gso.ts';
+import type { TunnelGsoDevice } from '../tunnel-gso.ts';
 import type { Logger } from '../../util/log.ts';
 import { backendMtu, keepaliveSeconds } from '../../daemon/netconf.ts';
 
@@ -56,6 +58,8 @@ export interface UdpDeps {
     offloads: boolean;
     /** IFF_MULTI_QUEUE (set when ctx.workers > 1). */
     multiQueue?: boolean;
+    /** Whole TCP super-packets, for tunnel GSO (set when the TAP is up). */
+    keepSuperPackets?: boolean;
   }) => TunDevice | Promise<TunDevice>;
   /** Default: the native socket (src/conn/native-conn.ts), loaded on first use. */
   readonly openConn?: (opts: ConnOptions) => PacketConn | Promise<PacketConn>;
@@ -281,6 +285,8 @@ export class UdpBackend implements Backend {
   private mtu = 0;
   private tun: TunDevice | undefined;
   private conn: PacketConn | undefined;
+  /** The tunnel-GSO TAP (ctx.tunnelGso, when the node allows it). */
+  private tunnel: TunnelGsoDevice | undefined;
   private fwd: Forwarder | undefined;
   /** The forwarding threads beyond the main one (ctx.workers > 1). */
   private pool: WorkerPool | undefined;
@@ -335,12 +341,22 @@ export class UdpBackend implements Backend {
     const openTun = this.deps.openTun ?? (await import('../../tun/native-tun.ts')).openTun;
     const openConn = this.deps.openConn ?? (await import('../../conn/native-conn.ts')).openConn;
     const multi = this.workers > 1;
-    const tun = await openTun({
-      name,
-      mtu,
-      offloads: this.ctx.offloads,
-      ...(multi ? { multiQueue: true } : {}),
-    });
+    const tunnel =
+      this.ctx.tunnelGso && this.ctx.offloads ? await openTunnelGso(this.kernel, name, this.log) : undefined;
+    this.tunnel = tunnel;
+    let tun: TunDevice;
+    try {
+      tun = await openTun({
+        name,
+        mtu,
+        offloads: this.ctx.offloads,
+        ...(multi ? { multiQueue: true } : {}),
+        ...(tunnel ? { keepSuperPackets: true } : {}),
+      });
+    } catch (err) {
+      this.closeTunnel();
+      throw err;
+    }
     this.tun = tun;
     try {
       const ops: KernelOp[] = [];
@@ -357,6 +373,10 @@ export class UdpBackend implements Backend {
         offloads: this.ctx.offloads,
         ...(multi ? { reusePort: true } : {}),
       });
+      if (tunnel) {
+        if (!canTunnel(this.conn)) throw new DeviceError('tunnel GSO needs the native UDP socket');
+        this.conn.attachTunnel(tunnel);
+      }
       this.fwd = new Forwarder({
         tun,
         conn: this.conn,
@@ -386,6 +406,7 @@ export class UdpBackend implements Backend {
         tunOffloads: tun.offloads,
         connOffloads: this.conn?.offloads,
         workers: this.workers,
+        tunnelGso: tunnel?.name ?? false,
       },
       'udp data path running',
     );
@@ -479,6 +500,7 @@ export class UdpBackend implements Backend {
           mtu: this.mtu,
           offloads: this.ctx.offloads,
           ...(this.workers > 1 ? { multiQueue: true } : {}),
+          ...(this.tunnel ? { keepSuperPackets: true } : {}),
         }),
       full,
       counters: this.repairs,
@@ -528,6 +550,7 @@ export class UdpBackend implements Backend {
     this.fwd = undefined;
     this.conn?.close();
     this.conn = undefined;
+    this.closeTunnel();
     const hadTun = this.tun !== undefined;
     this.tun?.close();
     this.tun = undefined;
@@ -538,6 +561,11 @@ export class UdpBackend implements Backend {
         this.log.warn({ err, device: this.tunName }, 'could not delete the TUN device');
       });
     }
+  }
+
+  private closeTunnel(): void {
+    this.tunnel?.close();
+    this.tunnel = undefined;
   }
 
   async stop(): Promise<void> {

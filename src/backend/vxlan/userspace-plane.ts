@@ -21,6 +21,8 @@
 import { nativeIoStats, userspaceDataplaneInfo } from '../userspace-info.ts';
 import type { DataplaneInfo } from '../backend.ts';
 import { openConn } from '../../conn/native-conn.ts';
+import { openTunnelGso } from '../tunnel-gso.ts';
+import type { TunnelGsoDevice } from '../tunnel-gso.ts';
 import type { PacketConn } from '../../conn/conn.ts';
 import { DEFAULT_BUSY_POLL_US, Forwarder } from '../../dataplane/forwarder.ts';
 import { WorkerPool, workersStat } from '../../dataplane/workers/pool.ts';
@@ -47,6 +49,8 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
   private readonly log: Logger;
   private tun: TunDevice | undefined;
   private conn: PacketConn | undefined;
+  /** The tunnel-GSO TAP (ctx.tunnelGso, when the node allows it). */
+  private tunnel: TunnelGsoDevice | undefined;
   private fwd: Forwarder | undefined;
   /** The forwarding threads beyond the main one (ctx.workers > 1). */
   private pool: WorkerPool | undefined;
@@ -92,7 +96,21 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       await kernel.apply([{ op: 'link-del', name }]);
     }
     const multi = (ctx.workers ?? 1) > 1;
-    const tun = openTun({ name, mtu, offloads: ctx.offloads, multiQueue: multi });
+    const tunnel = ctx.tunnelGso && ctx.offloads ? await openTunnelGso(kernel, name, this.log) : undefined;
+    this.tunnel = tunnel;
+    let tun: TunDevice;
+    try {
+      tun = openTun({
+        name,
+        mtu,
+        offloads: ctx.offloads,
+        multiQueue: multi,
+        keepSuperPackets: tunnel !== undefined,
+      });
+    } catch (err) {
+      this.closeDevices();
+      throw err;
+    }
     this.tun = tun;
     try {
       const ops: KernelOp[] = [];
@@ -108,6 +126,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
         reusePort: multi,
       });
       this.conn = conn;
+      if (tunnel) conn.attachTunnel(tunnel);
       const vtep = macBytes(this.p.mac);
       this.fwd = new Forwarder({
         tun,
@@ -135,6 +154,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
         device: name,
         vni: options.vni,
         port: options.port,
+        tunnelGso: this.tunnel?.name ?? false,
         mtu,
         offloads: tun.offloads,
         workers: ctx.workers ?? 1,
@@ -203,7 +223,13 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       peers: () => this.inForwarder.values(),
       openTun: () =>
         Promise.resolve(
-          openTun({ name: this.device, mtu, offloads: ctx.offloads, multiQueue: (ctx.workers ?? 1) > 1 }),
+          openTun({
+            name: this.device,
+            mtu,
+            offloads: ctx.offloads,
+            multiQueue: (ctx.workers ?? 1) > 1,
+            keepSuperPackets: this.tunnel !== undefined,
+          }),
         ),
       full,
       counters: this.repairs,
@@ -283,6 +309,8 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
     this.fwd = undefined;
     this.conn?.close();
     this.conn = undefined;
+    this.tunnel?.close();
+    this.tunnel = undefined;
     this.tun?.close();
     this.tun = undefined;
   }

@@ -1,0 +1,129 @@
+/**
+ * Tunnel GSO (weftd --tunnel-gso): the send side of a userspace data path without
+ * segmentation.
+ *
+ * Normally the native TUN read cuts every 64 KiB TCP super-packet into MTU-sized packets
+ * (a copy and a checksum per byte), JS handles each of them, and the socket sends them as
+ * a UDP GSO message. With tunnel GSO the TUN hands the super-packet up whole, JS routes and
+ * encapsulates it once, and the socket writes it, behind Ethernet + outer IPv4 + UDP
+ * headers, to a TAP device with a vnet header that marks it as a UDP-tunnel GSO packet
+ * (kernel 6.17+). The node's stack forwards it like kernel VXLAN's own packets and the
+ * egress device, or the kernel's software GSO, cuts it into ordinary datagrams of the wire
+ * format (flannel udp, or VXLAN): peers see exactly what they saw before. On a veth
+ * underlay the packet crosses whole and the receiving weft writes it to its TUN as one GSO
+ * write (it already does for kernel VXLAN peers).
+ *
+ * What it needs from the node, checked here (weft falls back to segmenting, with a
+ * warning, when one is missing): the kernel accepts the TAP's tunnel offload, IPv4
+ * forwarding is on (it is on every overlay node), and reverse-path filtering is not strict
+ * for all interfaces (the packets enter on the TAP with one of the node's own addresses as
+ * their source). What it cannot check: a FORWARD chain that drops traffic between the
+ * node's own addresses would drop these packets; that is why it is off by default.
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+import type { KernelNet } from '../kernel/kernel.ts';
+import type { NativeHandle } from '../native/addon.ts';
+import type { PacketConn } from '../conn/conn.ts';
+import type { Logger } from '../util/log.ts';
+
+/** The TAP device (the socket keeps its own duplicate of its fd). */
+export interface TunnelGsoDevice {
+  readonly name: string;
+  readonly handle: NativeHandle;
+  close(): void;
+}
+
+/** A socket that can send whole super-packets through a tunnel-GSO TAP (NativeConn). */
+export interface TunnelGsoConn {
+  attachTunnel(tap: TunnelGsoDevice | undefined): void;
+}
+
+export function canTunnel(conn: PacketConn): conn is PacketConn & TunnelGsoConn {
+  return typeof (conn as Partial<TunnelGsoConn>).attachTunnel === 'function';
+}
+
+/** The TAP's name for a TUN device: `<tun>-gso`, within the 15-byte limit. */
+export function tunnelGsoName(tunName: string): string {
+  return `${tunName.slice(0, 11)}-gso`;
+}
+
+/** The /proc/sys files read and written here (a seam for tests). */
+export interface Sysctl {
+  read(path: string): string | undefined;
+  write(path: string, value: string): void;
+}
+
+const procSys: Sysctl = {
+  read(path) {
+    try {
+      return readFileSync(`/proc/sys/${path}`, 'utf8').trim();
+    } catch {
+      return undefined;
+    }
+  },
+  write(path, value) {
+    writeFileSync(`/proc/sys/${path}`, `${value}\n`);
+  },
+};
+
+/** Why this node cannot use tunnel GSO, or undefined when it can (before opening anything). */
+export function tunnelGsoBlocker(sys: Sysctl = procSys): string | undefined {
+  if (sys.read('net/ipv4/ip_forward') !== '1') return 'IPv4 forwarding is off (net.ipv4.ip_forward=0)';
+  if (sys.read('net/ipv4/conf/all/rp_filter') === '1') {
+    return "strict reverse-path filtering for all interfaces (net.ipv4.conf.all.rp_filter=1) would drop the node's own tunnel packets";
+  }
+  return undefined;
+}
+
+/**
+ * Opens and sets up the tunnel-GSO TAP for `tunName`, or returns undefined (after logging
+ * why) when this node or kernel cannot use it.
+ */
+export async function openTunnelGso(
+  kernel: KernelNet,
+  tunName: string,
+  log: Logger,
+  sys: Sysctl = procSys,
+): Promise<TunnelGsoDevice | undefined> {
+  const name = tunnelGsoName(tunName);
+  const blocker = tunnelGsoBlocker(sys);
+  if (blocker !== undefined) {
+    log.warn({ reason: blocker }, 'tunnel GSO is not possible on this node; segmenting in userspace');
+    return undefined;
+  }
+  const addon = (await import('../native/addon.ts')).loadAddon();
+  let r: { handle: NativeHandle; name: string; mac: string };
+  try {
+    r = addon.tapOpen(name);
+  } catch (err) {
+    log.warn(
+      { device: name, err: (err as Error).message },
+      'the kernel refused a UDP-tunnel GSO TAP (needs Linux 6.17+); segmenting in userspace',
+    );
+    return undefined;
+  }
+  const handle = r.handle;
+  const close = (): void => addon.close(handle);
+  try {
+    // The TAP takes the node's own packets in: they must not be dropped as martians or by
+    // reverse-path filtering, and IPv6 has no business there.
+    sys.write(`net/ipv4/conf/${r.name}/accept_local`, '1');
+    sys.write(`net/ipv4/conf/${r.name}/rp_filter`, '0');
+    if (sys.read(`net/ipv6/conf/${r.name}/disable_ipv6`) !== undefined) {
+      sys.write(`net/ipv6/conf/${r.name}/disable_ipv6`, '1');
+    }
+    await kernel.apply([{ op: 'link-up', name: r.name }]);
+  } catch (err) {
+    close();
+    log.warn(
+      { device: r.name, err: (err as Error).message },
+      'setting up the tunnel-GSO TAP failed; segmenting in userspace',
+    );
+    return undefined;
+  }
+  log.info(
+    { device: r.name, mac: r.mac },
+    'tunnel GSO: whole TCP super-packets go to the kernel through the TAP',
+  );
+  return { name: r.name, handle, close };
+}

@@ -1,0 +1,56 @@
+// src/backend/tunnel-gso.ts without a kernel: the TAP's name, what stops a node from using
+// tunnel GSO (read from /proc/sys through a fake), and that a blocked node opens nothing.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { openTunnelGso, tunnelGsoBlocker, tunnelGsoName } from '../../src/backend/tunnel-gso.ts';
+import type { Sysctl } from '../../src/backend/tunnel-gso.ts';
+import { RecordingKernel } from '../../src/kernel/recording.ts';
+import { pino } from 'pino';
+
+function fakeSys(values: Record<string, string>): Sysctl & { writes: string[] } {
+  const writes: string[] = [];
+  return {
+    writes,
+    read: (p) => values[p],
+    write: (p, v) => void writes.push(`${p}=${v}`),
+  };
+}
+
+void test('the TAP is named after its TUN device, within 15 bytes', () => {
+  assert.equal(tunnelGsoName('weft0'), 'weft0-gso');
+  assert.equal(tunnelGsoName('weft.1'), 'weft.1-gso');
+  const long = tunnelGsoName('a-very-long-tun');
+  assert.equal(long, 'a-very-long-gso');
+  assert.ok(long.length <= 15);
+});
+
+void test('a node needs IPv4 forwarding and no strict rp_filter for all interfaces', () => {
+  assert.equal(
+    tunnelGsoBlocker(fakeSys({ 'net/ipv4/ip_forward': '1', 'net/ipv4/conf/all/rp_filter': '0' })),
+    undefined,
+  );
+  assert.equal(
+    tunnelGsoBlocker(fakeSys({ 'net/ipv4/ip_forward': '1', 'net/ipv4/conf/all/rp_filter': '2' })),
+    undefined,
+  );
+  assert.match(tunnelGsoBlocker(fakeSys({ 'net/ipv4/ip_forward': '0' })) ?? '', /forwarding is off/);
+  assert.match(tunnelGsoBlocker(fakeSys({})) ?? '', /forwarding is off/);
+  assert.match(
+    tunnelGsoBlocker(fakeSys({ 'net/ipv4/ip_forward': '1', 'net/ipv4/conf/all/rp_filter': '1' })) ?? '',
+    /rp_filter=1/,
+  );
+});
+
+void test('a blocked node opens no TAP, changes no sysctl and says why', async () => {
+  const lines: string[] = [];
+  const log = pino({ level: 'warn' }, { write: (l: string) => void lines.push(l) });
+  const kernel = new RecordingKernel();
+  const sys = fakeSys({ 'net/ipv4/ip_forward': '0' });
+  assert.equal(await openTunnelGso(kernel, 'weft0', log, sys), undefined);
+  assert.deepEqual(sys.writes, []);
+  assert.deepEqual(kernel.ops, []);
+  assert.ok(
+    lines.some((l) => /tunnel GSO is not possible/.test(l) && /forwarding is off/.test(l)),
+    lines.join(''),
+  );
+});

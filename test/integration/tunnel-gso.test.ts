@@ -1,0 +1,172 @@
+// weftd --tunnel-gso (src/backend/tunnel-gso.ts), two nodes in network namespaces:
+//  - udp and userspace vxlan: TCP both ways intact, the sender wrote whole super-packets to
+//    its TAP (tunnelWrites, wholeSuperPackets) and the receiver took them whole (gsoWrites);
+//    the TAP is gone after SIGTERM;
+//  - an underlay that cannot carry tunnel GSO (veth offload off): the kernel segments, and
+//    what crosses the wire is ordinary flannel-format datagrams no larger than the MTU;
+//  - the TAP deleted under a running weftd: the socket segments the super-packets itself
+//    (tunnelErrors, tunnelFallbacks) and no byte is lost;
+//  - a node with strict reverse-path filtering: weftd says why and segments in userspace.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { NetnsRun } from '../../src/netns/netns.ts';
+import { Cluster } from '../../src/netns/topology.ts';
+import type { ClusterNode, Pod, WeftdOptions } from '../../src/netns/topology.ts';
+
+const TAP = 'weft0-gso';
+const MB = 1024 * 1024;
+
+interface Io {
+  tunIo: Record<string, number>;
+  connIo: Record<string, number>;
+}
+
+async function io(cluster: Cluster, node: ClusterNode): Promise<Io> {
+  const s = JSON.parse((await cluster.httpGet(node, '/status')).stdout) as { backendStats?: Partial<Io> };
+  const b = s.backendStats;
+  assert.ok(b?.tunIo && b.connIo, `native counters in /status of ${node.name}`);
+  return { tunIo: b.tunIo, connIo: b.connIo };
+}
+
+async function transferBothWays(cluster: Cluster, a: Pod, b: Pod, bytes: number): Promise<void> {
+  for (const [from, to] of [
+    [a, b],
+    [b, a],
+  ] as const) {
+    const x = await cluster.tcpTransfer(from, to, bytes);
+    assert.equal(x.receivedBytes, x.bytes, `${from.name} -> ${to.name}`);
+    assert.equal(x.receivedSha256, x.sentSha256, `${from.name} -> ${to.name}`);
+  }
+}
+
+async function twoNodes(
+  t: { after: (fn: () => Promise<void>) => void },
+  opts: WeftdOptions,
+  beforeStart?: (c: Cluster) => Promise<void>,
+): Promise<{ cluster: Cluster; a: Pod; b: Pod }> {
+  const run = new NetnsRun();
+  const cluster = await Cluster.create(run, { nodes: 2, podsPerNode: 1 });
+  t.after(() => cluster.destroy());
+  await beforeStart?.(cluster);
+  await cluster.startWeftdAll(opts);
+  const [a] = cluster.node(1).pods;
+  const [b] = cluster.node(2).pods;
+  assert.ok(a && b);
+  await cluster.waitForPing(a, b.addr, 15_000);
+  await cluster.waitForPing(b, a.addr, 15_000);
+  return { cluster, a, b };
+}
+
+for (const [label, opts, tap] of [
+  ['udp', { backend: 'udp', extraArgs: ['--tunnel-gso'] }, TAP],
+  [
+    'vxlan (userspace)',
+    { backend: 'vxlan', backendOptions: { Dataplane: 'userspace' }, extraArgs: ['--tunnel-gso'] },
+    'weft.1-gso',
+  ],
+] as const) {
+  void test(`${label} --tunnel-gso: whole super-packets through the TAP, TCP intact both ways`, async (t) => {
+    const { cluster, a, b } = await twoNodes(t, opts);
+    const n1 = cluster.node(1);
+    const link = await cluster.run.exec(n1.ns, 'ip', ['-d', 'link', 'show', tap]);
+    assert.match(link, /tun type tap/, link);
+    await transferBothWays(cluster, a, b, 16 * MB);
+    for (const [sender, receiver] of [
+      [cluster.node(1), cluster.node(2)],
+      [cluster.node(2), cluster.node(1)],
+    ] as const) {
+      const s = await io(cluster, sender);
+      const r = await io(cluster, receiver);
+      assert.ok((s.tunIo['wholeSuperPackets'] ?? 0) > 0, `${sender.name}: ${JSON.stringify(s.tunIo)}`);
+      assert.ok((s.connIo['tunnelWrites'] ?? 0) > 0, `${sender.name}: ${JSON.stringify(s.connIo)}`);
+      assert.equal(s.connIo['tunnelErrors'], 0);
+      assert.equal(s.connIo['tunnelFallbacks'], 0);
+      assert.ok(
+        (r.tunIo['gsoWrites'] ?? 0) > 0,
+        `${receiver.name} took them whole: ${JSON.stringify(r.tunIo)}`,
+      );
+    }
+    // Small packets still take the socket: ping both ways.
+    assert.equal((await cluster.ping(a, b.addr, { count: 5, intervalS: 0.05 })).received, 5);
+    assert.equal((await cluster.ping(b, a.addr, { count: 5, intervalS: 0.05 })).received, 5);
+    const code = await cluster.stopWeftd(n1);
+    assert.equal(code, 0, 'weftd exits 0 on SIGTERM');
+    const links = await cluster.run.exec(n1.ns, 'ip', ['-br', 'link']);
+    assert.ok(!links.includes(tap), `the TAP is gone after SIGTERM:\n${links}`);
+  });
+}
+
+void test('--tunnel-gso over an underlay without tunnel offload: ordinary datagrams on the wire', async (t) => {
+  const { cluster, a, b } = await twoNodes(t, { backend: 'udp', extraArgs: ['--tunnel-gso'] }, async (c) => {
+    // Node 1's underlay can no longer carry UDP-tunnel GSO packets: the kernel must cut
+    // them before they leave, as it would for a NIC without that offload.
+    await c.run.exec(c.node(1).ns, 'ethtool', [
+      '-K',
+      'eth0',
+      'tx-udp_tnl-segmentation',
+      'off',
+      'tx-udp_tnl-csum-segmentation',
+      'off',
+    ]);
+  });
+  const n1 = cluster.node(1);
+  const n2 = cluster.node(2);
+  const cap = cluster.run.spawn(n2.ns, 'tcpdump', [
+    '-i',
+    'eth0',
+    '-nn',
+    '-l',
+    '-c',
+    '400',
+    `udp and src host ${n1.underlayIp} and dst port 8285`,
+  ]);
+  await new Promise((r) => setTimeout(r, 1000));
+  const x = await cluster.tcpTransfer(a, b, 8 * MB);
+  assert.equal(x.receivedSha256, x.sentSha256);
+  await Promise.race([cap.exited, new Promise((r) => setTimeout(r, 5000))]);
+  await cap.stop('SIGTERM', 1000);
+  const lengths = [...cap.output().matchAll(/UDP, length (\d+)/g)].map((m) => Number(m[1]));
+  assert.ok(lengths.length >= 100, `captured datagrams:\n${cap.output().slice(0, 2000)}`);
+  const mtu = 1500 - 28;
+  assert.ok(
+    lengths.every((l) => l <= mtu),
+    `every datagram fits the underlay: max ${Math.max(...lengths)}`,
+  );
+  assert.ok(
+    lengths.some((l) => l === mtu),
+    'full-sized segments',
+  );
+  const s = await io(cluster, n1);
+  assert.ok(
+    (s.connIo['tunnelWrites'] ?? 0) > 0,
+    `still written whole to the TAP: ${JSON.stringify(s.connIo)}`,
+  );
+  assert.equal(s.connIo['tunnelErrors'], 0);
+});
+
+void test('--tunnel-gso: the TAP deleted under a running weftd, the socket segments instead', async (t) => {
+  const { cluster, a, b } = await twoNodes(t, { backend: 'udp', extraArgs: ['--tunnel-gso'] });
+  const n1 = cluster.node(1);
+  await cluster.run.exec(n1.ns, 'ip', ['link', 'del', TAP]);
+  const x = await cluster.tcpTransfer(a, b, 8 * MB);
+  assert.equal(x.receivedSha256, x.sentSha256);
+  const s = await io(cluster, n1);
+  assert.ok((s.connIo['tunnelErrors'] ?? 0) >= 1, JSON.stringify(s.connIo));
+  assert.ok((s.connIo['tunnelFallbacks'] ?? 0) > 0, JSON.stringify(s.connIo));
+  assert.ok(n1.weftd?.child.exitCode === null, 'weftd keeps running');
+});
+
+void test('--tunnel-gso on a node with strict rp_filter: weftd says why and segments in userspace', async (t) => {
+  const { cluster, a, b } = await twoNodes(t, { backend: 'udp', extraArgs: ['--tunnel-gso'] }, async (c) => {
+    await c.run.exec(c.node(1).ns, 'sysctl', ['-qw', 'net.ipv4.conf.all.rp_filter=1']);
+  });
+  const n1 = cluster.node(1);
+  await transferBothWays(cluster, a, b, 4 * MB);
+  const s = await io(cluster, n1);
+  assert.equal(s.tunIo['wholeSuperPackets'], 0);
+  assert.equal(s.connIo['tunnelWrites'], 0);
+  assert.ok((s.tunIo['superPackets'] ?? 0) > 0, 'segmented in userspace');
+  assert.match(n1.weftd?.output() ?? '', /tunnel GSO is not possible on this node/);
+  const links = await cluster.run.exec(n1.ns, 'ip', ['-br', 'link']);
+  assert.ok(!links.includes(TAP), `no TAP:\n${links}`);
+});
