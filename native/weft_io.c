@@ -758,22 +758,26 @@ static void on_poll(uv_poll_t *p, int status, int events) {
  * and on virtual machines a halted vCPU), which is most of a userspace hop's latency.
  */
 static napi_value js_busy_poll(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   void *a = NULL, *b = NULL;
   int32_t max_us = 0;
+  void *cp = NULL;
+  size_t clen = 0;
   if (argc < 3 || napi_get_value_external(env, argv[0], &a) != napi_ok || !a ||
-      napi_get_value_external(env, argv[1], &b) != napi_ok || !b || !get_i32(env, argv[2], &max_us)) {
-    napi_throw_type_error(env, "WEFT_NATIVE", "busyPoll(tunHandle, udpHandle, maxUs)");
+      napi_get_value_external(env, argv[1], &b) != napi_ok || !b || !get_i32(env, argv[2], &max_us) ||
+      (argc >= 4 && (!get_typed(env, argv[3], napi_float64_array, &cp, &clen) || clen < 2))) {
+    napi_throw_type_error(env, "WEFT_NATIVE", "busyPoll(tunHandle, udpHandle, maxUs[, clock: Float64Array(2)])");
     return NULL;
   }
   weft_handle *t = a, *u = b;
   int mask = 0;
+  struct timespec t0, now;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  now = t0;
   if (!t->closed && !u->closed && max_us > 0) {
     struct pollfd fds[2] = {{t->fd, POLLIN, 0}, {u->fd, POLLIN, 0}};
-    struct timespec t0, now;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
     int64_t limit_ns = (int64_t)max_us * 1000;
     for (;;) {
       int r = poll(fds, 2, 0);
@@ -790,6 +794,13 @@ static napi_value js_busy_poll(napi_env env, napi_callback_info info) {
       if ((int64_t)(now.tv_sec - t0.tv_sec) * 1000000000 + (now.tv_nsec - t0.tv_nsec) >= limit_ns) break;
       sched_yield();
     }
+    if (mask) clock_gettime(CLOCK_MONOTONIC, &now);
+  }
+  if (cp) {
+    /* The caller's clock, without allocating a number per call: [now ms, ms this call took]. */
+    double *clock = cp;
+    clock[0] = (double)now.tv_sec * 1e3 + (double)now.tv_nsec / 1e6;
+    clock[1] = (double)(now.tv_sec - t0.tv_sec) * 1e3 + (double)(now.tv_nsec - t0.tv_nsec) / 1e6;
   }
   napi_value res;
   napi_create_int32(env, mask, &res);
@@ -890,6 +901,34 @@ static void sleep_ms(int ms) {
 }
 
 /* tunOpen(name, vnetHdr, multiQueue, offloads, mtu) -> {handle, name, vnetHdr, offloadBits} */
+/*
+ * Opens /dev/net/tun (non-blocking) and attaches it to device `name` with `flags`. A
+ * device that is still going away (EBUSY) is waited for briefly. Returns the fd, or -1
+ * with errno set and *what naming the failed step.
+ */
+static int open_tun_fd(const char *name, size_t nlen, short flags, struct ifreq *ifr, const char **what) {
+  *what = "open /dev/net/tun";
+  int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return -1;
+  memset(ifr, 0, sizeof *ifr);
+  memcpy(ifr->ifr_name, name, nlen);
+  ifr->ifr_flags = flags;
+  int r = -1;
+  for (int attempt = 0; attempt < 40; attempt++) {
+    r = ioctl(fd, TUNSETIFF, ifr);
+    if (r == 0 || errno != EBUSY) break;
+    sleep_ms(50);
+  }
+  if (r < 0) {
+    int e = errno;
+    close(fd);
+    errno = e;
+    *what = "TUNSETIFF";
+    return -1;
+  }
+  return fd;
+}
+
 static napi_value js_tun_open(napi_env env, napi_callback_info info) {
   size_t argc = 6;
   napi_value argv[6];
@@ -910,23 +949,11 @@ static napi_value js_tun_open(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "WEFT_NATIVE", "interface name longer than 15 bytes");
     return NULL;
   }
-  int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return throw_errno(env, "open /dev/net/tun", errno);
   struct ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
-  memcpy(ifr.ifr_name, name, nlen);
-  ifr.ifr_flags = IFF_TUN | IFF_NO_PI | (vnet ? IFF_VNET_HDR : 0) | (mq ? IFF_MULTI_QUEUE : 0);
-  int r = -1;
-  for (int attempt = 0; attempt < 40; attempt++) {
-    r = ioctl(fd, TUNSETIFF, &ifr);
-    if (r == 0 || errno != EBUSY) break;
-    sleep_ms(50);
-  }
-  if (r < 0) {
-    int e = errno;
-    close(fd);
-    return throw_errno(env, "TUNSETIFF", e);
-  }
+  const char *what = NULL;
+  int fd = open_tun_fd(name, nlen, IFF_TUN | IFF_NO_PI | (vnet ? IFF_VNET_HDR : 0) | (mq ? IFF_MULTI_QUEUE : 0),
+                       &ifr, &what);
+  if (fd < 0) return throw_errno(env, what, errno);
   int bits = 0;
   if (vnet) {
     int sz = VNET_HDR_LEN;
@@ -1656,24 +1683,13 @@ static napi_value js_tap_open(napi_env env, napi_callback_info info) {
     napi_throw_range_error(env, "WEFT_NATIVE", "interface name longer than 15 bytes");
     return NULL;
   }
-  int fd = open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK);
-  if (fd < 0) return throw_errno(env, "open /dev/net/tun", errno);
   struct ifreq ifr;
-  memset(&ifr, 0, sizeof ifr);
-  memcpy(ifr.ifr_name, name, nlen);
-  ifr.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-  int r = -1;
-  for (int attempt = 0; attempt < 40; attempt++) {
-    r = ioctl(fd, TUNSETIFF, &ifr);
-    if (r == 0 || errno != EBUSY) break;
-    sleep_ms(50);
-  }
+  const char *what = NULL;
+  int fd = open_tun_fd(name, nlen, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, &ifr, &what);
+  if (fd < 0) return throw_errno(env, what, errno);
   int sz = TNL_VNET_LEN;
-  const char *what = "TUNSETIFF (TAP)";
-  if (r == 0) {
-    what = "TUNSETVNETHDRSZ";
-    r = ioctl(fd, TUNSETVNETHDRSZ, &sz);
-  }
+  what = "TUNSETVNETHDRSZ";
+  int r = ioctl(fd, TUNSETVNETHDRSZ, &sz);
   if (r == 0) {
     what = "TUNSETOFFLOAD (UDP tunnel GSO)";
     r = ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_UDP_TUNNEL_GSO));

@@ -127,3 +127,20 @@ export async function openTunnelGso(
   );
   return { name: r.name, handle, close };
 }
+
+/**
+ * Attaches the TAP to the socket; when that fails (not the native socket, or one bound to
+ * no address) says why and leaves the socket to segment whole super-packets itself, which
+ * is slower but loses nothing.
+ */
+export function attachTunnelOrSegment(conn: PacketConn, tap: TunnelGsoDevice, log: Logger): void {
+  try {
+    if (!canTunnel(conn)) throw new Error('the socket cannot send through a TAP');
+    conn.attachTunnel(tap);
+  } catch (err) {
+    log.warn(
+      { device: tap.name, err: (err as Error).message },
+      'tunnel GSO: attaching the TAP failed; segmenting in the socket',
+    );
+  }
+}

@@ -19,20 +19,30 @@ import type { TunDevice } from '../tun/tun.ts';
 export const BusyPollReady = { tun: 1, conn: 2 } as const;
 
 export interface BusyPoll {
-  /** Waits at most `maxUs` microseconds for either device; returns BusyPollReady bits (0 = none). */
+  /**
+   * Waits at most `maxUs` microseconds for either device; returns BusyPollReady bits (0 =
+   * none). `wait(0)` only reads the clock.
+   */
   wait(maxUs: number): number;
+  /**
+   * Written by every wait: [0] the monotonic time in ms when it returned, [1] the ms it
+   * took. A clock that allocates nothing (performance.now() allocates a number per call).
+   */
+  readonly clock: Float64Array;
 }
 
 /** A poller over both devices, or undefined when they are not both native. */
 export function busyPollFor(tun: TunDevice, conn: PacketConn): BusyPoll | undefined {
   if (!(tun instanceof NativeTun) || !(conn instanceof NativeConn)) return undefined;
   const addon = loadAddon();
+  const clock = new Float64Array(2);
   return {
+    clock,
     wait(maxUs: number): number {
       const t = tun.nativeHandle;
       const c = conn.nativeHandle;
       if (t === undefined || c === undefined) return 0;
-      return addon.busyPoll(t, c, maxUs);
+      return addon.busyPoll(t, c, maxUs, clock);
     },
   };
 }

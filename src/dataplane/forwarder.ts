@@ -22,8 +22,8 @@
  * bulk), the forwarder keeps checking both devices for up to busyPollUs (yielding the CPU
  * between checks) and handles whatever arrives without going back to sleep; a window that
  * finds nothing, or a bulk turn, ends the session. A session is bounded
- * (BUSY_POLL_MAX_ROUNDS windows, BUSY_POLL_MAX_MS) so timers and I/O of the rest of the
- * daemon still run; level-triggered readiness picks up whatever is left. Windows that find
+ * (BUSY_POLL_MAX_ROUNDS windows of small turns, BUSY_POLL_MAX_MS of waiting) so timers and
+ * I/O of the rest of the daemon still run; level-triggered readiness picks up whatever is left. Windows that find
  * nothing are capped at BUSY_POLL_BUDGET of wall time; turns over budget are counted as
  * skipped.
  *
@@ -112,7 +112,7 @@ export interface ForwarderOptions {
 export const DEFAULT_BUSY_POLL_US = 100;
 /** Upper bound of busyPollUs (a window longer than this is a spinning daemon, not a window). */
 export const MAX_BUSY_POLL_US = 10_000;
-/** Windows per busy-poll session, and the session's time bound, before the event loop runs. */
+/** Windows per busy-poll session, and the time its windows may wait in all, before the event loop runs. */
 const BUSY_POLL_MAX_ROUNDS = 32;
 const BUSY_POLL_MAX_MS = 2;
 /**
@@ -453,25 +453,33 @@ export class Forwarder {
     const poller = this.poller;
     if (poller === undefined || this.polling || !this.isRunning) return;
     const counters = this.stats.counters;
-    const start = performance.now();
-    if (start - this.spinEpoch >= 1000) {
-      this.spinEpoch = start;
+    // The poller's clock (written by each wait, allocation-free): the time the last window
+    // ended, fresh enough to start a new one-second epoch of the budget.
+    const clock = poller.clock;
+    if ((clock[0] as number) - this.spinEpoch >= 1000) {
+      this.spinEpoch = clock[0] as number;
       this.spinSpentMs = 0;
     }
     if (this.spinSpentMs >= 1000 * BUSY_POLL_BUDGET) {
-      (counters[Counter.busyPollSkipped] as number)++;
-      return;
+      poller.wait(0); // only reads the clock: has the epoch run out since the last window?
+      if ((clock[0] as number) - this.spinEpoch < 1000) {
+        (counters[Counter.busyPollSkipped] as number)++;
+        return;
+      }
+      this.spinEpoch = clock[0] as number;
+      this.spinSpentMs = 0;
     }
     this.polling = true;
-    const until = start + BUSY_POLL_MAX_MS;
+    let waitedMs = 0;
     try {
       for (let round = 0; round < BUSY_POLL_MAX_ROUNDS && this.isRunning; round++) {
-        const t0 = performance.now();
         const ready = poller.wait(this.busyPollUs);
+        const took = clock[1] as number;
+        waitedMs += took;
         if (ready === 0) {
           // Only windows that found nothing count against the budget: a hit handled
           // traffic that would otherwise have cost a sleep and a wake-up.
-          this.spinSpentMs += performance.now() - t0;
+          this.spinSpentMs += took;
           (counters[Counter.busyPollMisses] as number)++;
           return;
         }
@@ -479,7 +487,7 @@ export class Forwarder {
         this.moved = 0;
         if ((ready & BusyPollReady.tun) !== 0) this.onTunReadable();
         if ((ready & BusyPollReady.conn) !== 0) this.onConnReadable();
-        if (this.moved > BUSY_POLL_SMALL || performance.now() >= until) return;
+        if (this.moved > BUSY_POLL_SMALL || waitedMs >= BUSY_POLL_MAX_MS) return;
       }
     } finally {
       this.polling = false;

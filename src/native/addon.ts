@@ -155,7 +155,7 @@ export interface WeftIoAddon {
    * Spins up to maxUs (yielding the CPU between checks) until the TUN handle or the UDP
    * handle is readable. Returns a mask: 1 = TUN readable, 2 = socket readable, 0 = neither.
    */
-  busyPoll(tun: NativeHandle, udp: NativeHandle, maxUs: number): number;
+  busyPoll(tun: NativeHandle, udp: NativeHandle, maxUs: number, clock?: Float64Array): number;
   startReading(h: NativeHandle, onReadable: () => void): void;
   stopReading(h: NativeHandle): void;
   close(h: NativeHandle): void;

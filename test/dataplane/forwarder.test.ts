@@ -302,6 +302,7 @@ void test('busy poll: windows after small turns only, traffic found in a window 
   let windows = 0;
   let injectIn: ((p: Buffer) => void) | undefined;
   const poller = {
+    clock: new Float64Array(2),
     wait(maxUs: number): number {
       windows++;
       assert.equal(maxUs, 100, 'each window is --busy-poll-us long');
@@ -345,10 +346,16 @@ void test('busy poll: windows after small turns only, traffic found in a window 
 
 void test('busy poll: empty windows use at most 10% of wall time, then turns are skipped', async (t) => {
   const A_TO_B = buildIpv4({ src: POD_A, dst: POD_B, payload: Buffer.from('budget'), protocol: 17 });
+  // Like the native poller: spins the window, then writes its clock (end time, time taken).
+  const clock = new Float64Array(2);
   const poller = {
+    clock,
     wait(maxUs: number): number {
-      const end = performance.now() + maxUs / 1000;
+      const t0 = performance.now();
+      const end = t0 + maxUs / 1000;
       while (performance.now() < end);
+      clock[0] = performance.now();
+      clock[1] = clock[0] - t0;
       return 0;
     },
   };

@@ -37,7 +37,7 @@ import { cidrToKey, formatCidr, formatIpv4, tryParseIpv4 } from '../../routing/i
 import type { Ipv4Cidr } from '../../routing/ipv4.ts';
 import type { TunDevice } from '../../tun/tun.ts';
 import { ConfigError, DeviceError } from '../../util/errors.ts';
-import { canTunnel, openTunnelGso } from '../tunnel-gso.ts';
+import { attachTunnelOrSegment, openTunnelGso } from '../tunnel-gso.ts';
 import type { TunnelGsoDevice } from '../tunnel-gso.ts';
 import type { Logger } from '../../util/log.ts';
 import { backendMtu, keepaliveSeconds } from '../../daemon/netconf.ts';
@@ -373,10 +373,7 @@ export class UdpBackend implements Backend {
         offloads: this.ctx.offloads,
         ...(multi ? { reusePort: true } : {}),
       });
-      if (tunnel) {
-        if (!canTunnel(this.conn)) throw new DeviceError('tunnel GSO needs the native UDP socket');
-        this.conn.attachTunnel(tunnel);
-      }
+      if (tunnel) attachTunnelOrSegment(this.conn, tunnel, this.log);
       this.fwd = new Forwarder({
         tun,
         conn: this.conn,

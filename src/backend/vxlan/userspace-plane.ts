@@ -21,7 +21,7 @@
 import { nativeIoStats, userspaceDataplaneInfo } from '../userspace-info.ts';
 import type { DataplaneInfo } from '../backend.ts';
 import { openConn } from '../../conn/native-conn.ts';
-import { openTunnelGso } from '../tunnel-gso.ts';
+import { attachTunnelOrSegment, openTunnelGso } from '../tunnel-gso.ts';
 import type { TunnelGsoDevice } from '../tunnel-gso.ts';
 import type { PacketConn } from '../../conn/conn.ts';
 import { DEFAULT_BUSY_POLL_US, Forwarder } from '../../dataplane/forwarder.ts';
@@ -126,7 +126,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
         reusePort: multi,
       });
       this.conn = conn;
-      if (tunnel) conn.attachTunnel(tunnel);
+      if (tunnel) attachTunnelOrSegment(conn, tunnel, this.log);
       const vtep = macBytes(this.p.mac);
       this.fwd = new Forwarder({
         tun,
