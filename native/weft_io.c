@@ -141,12 +141,13 @@ enum {
   UC_TUNNEL_WRITES,    /* super-packets written to the tunnel-GSO TAP */
   UC_TUNNEL_ERRORS,    /* failed TAP writes (the TAP is then detached) */
   UC_TUNNEL_FALLBACKS, /* whole super-packets segmented here because no TAP was attached */
+  UC_TUNNEL_BYTES,     /* bytes written to the TAP, outer headers included */
   UC_COUNT
 };
 static const char *const udp_counter_names[UC_COUNT] = {
     "recvCalls",  "messagesIn", "datagramsIn", "groMessages", "sendCalls", "messagesOut", "datagramsOut",
     "gsoMessages", "eagain",    "sendWaits",   "errors",      "truncated", "dropped",
-    "tunnelWrites", "tunnelErrors", "tunnelFallbacks"};
+    "tunnelWrites", "tunnelErrors", "tunnelFallbacks", "tunnelBytes"};
 
 /* ------------------------------------------------------------------ handle */
 
@@ -200,10 +201,10 @@ struct weft_handle {
   uint8_t tap_mac[6];
   uint16_t ip_id;
   uint8_t *seg_arena; /* fallback segmentation of whole super-packets (no TAP) */
-  double counters[16]; /* indexed by TC_* or UC_* */
+  double counters[20]; /* indexed by TC_* or UC_* */
 };
 
-_Static_assert(TC_COUNT <= 16 && UC_COUNT <= 16, "counters[] too small");
+_Static_assert(TC_COUNT <= 20 && UC_COUNT <= 20, "counters[] too small");
 
 #define CTRL_SPACE 64
 
@@ -1928,6 +1929,7 @@ static int send_whole(weft_handle *h, uint8_t *arena, int32_t off, int32_t len, 
     ssize_t r = writev(h->tap_fd, iov, 2);
     if (r >= 0) {
       h->counters[UC_TUNNEL_WRITES]++;
+      h->counters[UC_TUNNEL_BYTES] += (double)(len + TNL_OUTER_LEN);
       return 1;
     }
     if (errno == EINTR) continue;

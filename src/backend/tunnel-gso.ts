@@ -144,3 +144,121 @@ export function attachTunnelOrSegment(conn: PacketConn, tap: TunnelGsoDevice, lo
     );
   }
 }
+
+/** What the guard reads: bytes weft wrote to the TAP, bytes the underlay device sent. */
+export interface TunnelGsoGuardSources {
+  /** connIo.tunnelBytes of the socket (undefined when it is gone). */
+  tunnelBytes(): number | undefined;
+  /** The underlay device's tx_bytes (undefined when unreadable). */
+  underlayTxBytes(): number | undefined;
+}
+
+/**
+ * Bytes written to the TAP in one check interval before the guard judges the interval: a
+ * few super-packets (a stalled TCP flow only retransmits a little, with growing pauses).
+ */
+export const GUARD_MIN_BYTES = 16 * 1024;
+/**
+ * The share of the bytes written to the TAP that the underlay must have sent in the same
+ * interval. Forwarded packets are counted as sent before the write returns, so anything
+ * well below 1 means drops (small packets sent by the socket around them keep the figure
+ * from falling to 0: a stalled TCP flow's retransmits are such packets).
+ */
+export const GUARD_SENT_SHARE = 0.9;
+
+/**
+ * Watches that what weft writes to the TAP leaves the node. Tunnel-GSO packets pass the
+ * node's FORWARD hook, and a firewall there can drop them without weft seeing an error;
+ * small packets, sent by the socket, still pass, so TCP connects and then stalls. Each
+ * check compares the bytes written to the TAP since the last check with what the underlay
+ * device transmitted in the same time, which includes all of them (segmented or not) and
+ * whatever else the node sent: two judged intervals in which the device sent less than
+ * GUARD_SENT_SHARE of it, with no good one in between
+ * (intervals with too little written are not judged), mean the node drops them, and
+ * `onDropped` runs once (the backend detaches the TAP: the socket segments from then on).
+ */
+export class TunnelGsoGuard {
+  private lastWritten: number | undefined;
+  private lastTx: number | undefined;
+  private strikes = 0;
+  private tripped = false;
+
+  constructor(
+    private readonly sources: TunnelGsoGuardSources,
+    private readonly onDropped: (writtenBytes: number, sentBytes: number) => void,
+  ) {}
+
+  /** True once the guard has given up on the TAP. */
+  get dropped(): boolean {
+    return this.tripped;
+  }
+
+  check(): void {
+    if (this.tripped) return;
+    const w = this.sources.tunnelBytes();
+    const t = this.sources.underlayTxBytes();
+    if (w === undefined || t === undefined) return;
+    const lw = this.lastWritten;
+    const lt = this.lastTx;
+    this.lastWritten = w;
+    this.lastTx = t;
+    if (lw === undefined || lt === undefined) return;
+    const written = w - lw;
+    const sent = t - lt;
+    if (written < GUARD_MIN_BYTES) return;
+    if (sent >= written * GUARD_SENT_SHARE) {
+      this.strikes = 0;
+      return;
+    }
+    if (++this.strikes >= 2) {
+      this.tripped = true;
+      this.onDropped(written, sent);
+    }
+  }
+}
+
+/** tx_bytes of a device in this network namespace, or undefined. */
+export function deviceTxBytes(iface: string): number | undefined {
+  try {
+    const v = Number(readFileSync(`/sys/class/net/${iface}/statistics/tx_bytes`, 'utf8'));
+    return Number.isFinite(v) ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * The guard for a backend: reads the socket's counters and the underlay's tx_bytes, and on
+ * a trip detaches the TAP from the socket (which then segments) and says why.
+ */
+export function guardTunnel(
+  conn: PacketConn,
+  underlayIface: string,
+  log: Logger,
+): TunnelGsoGuard | undefined {
+  if (!canTunnel(conn)) return undefined;
+  const stats = (conn as Partial<{ stats(): Record<string, number> }>).stats;
+  return new TunnelGsoGuard(
+    {
+      tunnelBytes: () => {
+        try {
+          return stats?.call(conn)['tunnelBytes'];
+        } catch {
+          return undefined;
+        }
+      },
+      underlayTxBytes: () => deviceTxBytes(underlayIface),
+    },
+    (written, sent) => {
+      log.warn(
+        { writtenBytes: written, underlaySentBytes: sent, underlay: underlayIface },
+        'tunnel GSO: the node did not send what weft wrote to the TAP (a FORWARD firewall rule?); segmenting in the socket from now on',
+      );
+      try {
+        conn.attachTunnel(undefined);
+      } catch {
+        // the socket is gone: nothing left to detach
+      }
+    },
+  );
+}

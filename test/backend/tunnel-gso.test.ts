@@ -2,7 +2,12 @@
 // tunnel GSO (read from /proc/sys through a fake), and that a blocked node opens nothing.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { openTunnelGso, tunnelGsoBlocker, tunnelGsoName } from '../../src/backend/tunnel-gso.ts';
+import {
+  TunnelGsoGuard,
+  openTunnelGso,
+  tunnelGsoBlocker,
+  tunnelGsoName,
+} from '../../src/backend/tunnel-gso.ts';
 import type { Sysctl } from '../../src/backend/tunnel-gso.ts';
 import { RecordingKernel } from '../../src/kernel/recording.ts';
 import { pino } from 'pino';
@@ -53,4 +58,60 @@ void test('a blocked node opens no TAP, changes no sysctl and says why', async (
     lines.some((l) => /tunnel GSO is not possible/.test(l) && /forwarding is off/.test(l)),
     lines.join(''),
   );
+});
+
+void test('the guard trips after two judged checks in which the underlay sent under 90% of what went to the TAP', () => {
+  const MB = 1024 * 1024;
+  let written = 0;
+  let sent = 0;
+  const trips: [number, number][] = [];
+  const g = new TunnelGsoGuard(
+    { tunnelBytes: () => written, underlayTxBytes: () => sent },
+    (w, s) => void trips.push([w, s]),
+  );
+  g.check(); // first reading
+  // Idle, and traffic that leaves: fine.
+  g.check();
+  written += 10 * MB;
+  sent += 9.5 * MB; // forwarded, counted a little late
+  g.check();
+  // Little written: not judged, even if nothing left.
+  written += 8 * 1024;
+  g.check();
+  // One bad interval, then a good one: the count starts again.
+  written += 10 * MB;
+  sent += 1 * MB;
+  g.check();
+  written += 10 * MB;
+  sent += 10 * MB;
+  g.check();
+  assert.equal(trips.length, 0);
+  assert.equal(g.dropped, false);
+  // Two bad intervals with only unjudged (idle) ones between, as a stalled TCP flow's
+  // retransmits look: tripped once, with the second bad interval's figures.
+  written += 10 * MB;
+  sent += 1 * MB;
+  g.check();
+  g.check();
+  written += 1024;
+  g.check();
+  written += 8 * MB;
+  sent += 6 * MB; // the socket's own packets keep it from 0
+  g.check();
+  assert.deepEqual(trips, [[8 * MB, 6 * MB]]);
+  assert.equal(g.dropped, true);
+  written += 10 * MB;
+  g.check();
+  g.check();
+  assert.equal(trips.length, 1, 'only once');
+});
+
+void test('the guard does nothing while either counter is unreadable', () => {
+  let calls = 0;
+  const g = new TunnelGsoGuard(
+    { tunnelBytes: () => undefined, underlayTxBytes: () => 0 },
+    () => void calls++,
+  );
+  for (let i = 0; i < 5; i++) g.check();
+  assert.equal(calls, 0);
 });

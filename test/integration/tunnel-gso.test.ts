@@ -6,7 +6,9 @@
 //    what crosses the wire is ordinary flannel-format datagrams no larger than the MTU;
 //  - the TAP deleted under a running weftd: the socket segments the super-packets itself
 //    (tunnelErrors, tunnelFallbacks) and no byte is lost;
-//  - a node with strict reverse-path filtering: weftd says why and segments in userspace.
+//  - a node with strict reverse-path filtering: weftd says why and segments in userspace;
+//  - a node whose FORWARD hook drops the tunnel packets: the guard sees the underlay send
+//    less than went to the TAP, weftd says so and segments in the socket; TCP recovers.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { NetnsRun } from '../../src/netns/netns.ts';
@@ -169,4 +171,29 @@ void test('--tunnel-gso on a node with strict rp_filter: weftd says why and segm
   assert.match(n1.weftd?.output() ?? '', /tunnel GSO is not possible on this node/);
   const links = await cluster.run.exec(n1.ns, 'ip', ['-br', 'link']);
   assert.ok(!links.includes(TAP), `no TAP:\n${links}`);
+});
+
+void test('--tunnel-gso on a node whose FORWARD hook drops the tunnel packets: detected, segmented, TCP recovers', async (t) => {
+  const { cluster, a, b } = await twoNodes(t, { backend: 'udp', extraArgs: ['--tunnel-gso'] }, async (c) => {
+    // A firewall that drops forwarded UDP to the overlay port: the TAP's packets are
+    // forwarded, the socket's own are not, so only whole super-packets are lost.
+    await c.run.exec(c.node(1).ns, 'nft', ['-f', '-'], {
+      input:
+        'table inet weftfwtest { chain weftfwd { type filter hook forward priority 0; policy accept; udp dport 8285 drop; }; }\n',
+    });
+  });
+  const n1 = cluster.node(1);
+  const x = await cluster.tcpTransfer(a, b, 32 * MB, 90_000);
+  assert.equal(x.receivedSha256, x.sentSha256);
+  const s = await io(cluster, n1);
+  assert.ok((s.connIo['tunnelWrites'] ?? 0) > 0, 'it did try the TAP');
+  assert.ok(
+    (s.connIo['tunnelFallbacks'] ?? 0) > 0,
+    `then segmented in the socket: ${JSON.stringify(s.connIo)}`,
+  );
+  assert.match(n1.weftd?.output() ?? '', /did not send what weft wrote to the TAP/);
+  const again = await cluster.tcpTransfer(a, b, 8 * MB);
+  assert.equal(again.receivedSha256, again.sentSha256);
+  const s2 = await io(cluster, n1);
+  assert.equal(s2.connIo['tunnelWrites'], s.connIo['tunnelWrites'], 'the TAP is no longer used');
 });

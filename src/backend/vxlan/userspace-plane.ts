@@ -21,8 +21,8 @@
 import { nativeIoStats, userspaceDataplaneInfo } from '../userspace-info.ts';
 import type { DataplaneInfo } from '../backend.ts';
 import { openConn } from '../../conn/native-conn.ts';
-import { attachTunnelOrSegment, openTunnelGso } from '../tunnel-gso.ts';
-import type { TunnelGsoDevice } from '../tunnel-gso.ts';
+import { attachTunnelOrSegment, guardTunnel, openTunnelGso } from '../tunnel-gso.ts';
+import type { TunnelGsoDevice, TunnelGsoGuard } from '../tunnel-gso.ts';
 import type { PacketConn } from '../../conn/conn.ts';
 import { DEFAULT_BUSY_POLL_US, Forwarder } from '../../dataplane/forwarder.ts';
 import { WorkerPool, workersStat } from '../../dataplane/workers/pool.ts';
@@ -51,6 +51,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
   private conn: PacketConn | undefined;
   /** The tunnel-GSO TAP (ctx.tunnelGso, when the node allows it). */
   private tunnel: TunnelGsoDevice | undefined;
+  private tunnelGuard: TunnelGsoGuard | undefined;
   private fwd: Forwarder | undefined;
   /** The forwarding threads beyond the main one (ctx.workers > 1). */
   private pool: WorkerPool | undefined;
@@ -126,7 +127,10 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
         reusePort: multi,
       });
       this.conn = conn;
-      if (tunnel) attachTunnelOrSegment(conn, tunnel, this.log);
+      if (tunnel) {
+        attachTunnelOrSegment(conn, tunnel, this.log);
+        this.tunnelGuard = guardTunnel(conn, ctx.underlay.iface, this.log);
+      }
       const vtep = macBytes(this.p.mac);
       this.fwd = new Forwarder({
         tun,
@@ -208,6 +212,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
     const lease = this.lease;
     const conn = this.conn;
     if (!lease || !conn) return;
+    this.tunnelGuard?.check();
     const { kernel, ctx, mtu } = this.p;
     const r = await checkAndRepairTun({
       kernel,
@@ -309,6 +314,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
     this.fwd = undefined;
     this.conn?.close();
     this.conn = undefined;
+    this.tunnelGuard = undefined;
     this.tunnel?.close();
     this.tunnel = undefined;
     this.tun?.close();
