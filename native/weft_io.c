@@ -890,6 +890,8 @@ static napi_value js_stats(napi_env env, napi_callback_info info) {
   if (h->kind == KIND_UDP) {
     napi_create_double(env, h->gso, &v);
     napi_set_named_property(env, obj, "gsoEnabled", v);
+    napi_create_double(env, h->tap_fd >= 0 ? 1 : 0, &v);
+    napi_set_named_property(env, obj, "tunnelAttached", v);
   }
   return obj;
 }

@@ -154,10 +154,12 @@ export interface TunnelGsoGuardSources {
 }
 
 /**
- * Bytes written to the TAP in one check interval before the guard judges the interval: a
- * few super-packets (a stalled TCP flow only retransmits a little, with growing pauses).
+ * Bytes written to the TAP in one check interval before the guard judges the interval: any
+ * at all. A TCP flow stalled by the drops only retransmits now and then, a few KiB at a
+ * time (a threshold of 16 KiB left such a flow stuck for minutes in a test); and a write
+ * that was forwarded is always in the underlay's count by the time the guard reads it.
  */
-export const GUARD_MIN_BYTES = 16 * 1024;
+export const GUARD_MIN_BYTES = 1;
 /**
  * The share of the bytes written to the TAP that the underlay must have sent in the same
  * interval. Forwarded packets are counted as sent before the write returns, so anything

@@ -16,6 +16,7 @@ export function userspaceDataplaneInfo(
 ): DataplaneInfo {
   const t = tun?.offloads;
   const c = conn?.offloads;
+  const io = nativeIoStats(undefined, conn).connIo;
   return {
     dataplane: 'userspace',
     forwarder: fwd?.snapshot(),
@@ -26,6 +27,8 @@ export function userspaceDataplaneInfo(
       tunGro: t?.gro ?? false,
       udpGso: c?.gso ?? false,
       udpGro: c?.gro ?? false,
+      // whole super-packets to the kernel through a TAP (weftd --tunnel-gso), while attached
+      tunnelGso: (io?.['tunnelAttached'] ?? 0) === 1,
     },
   };
 }

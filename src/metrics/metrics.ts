@@ -222,6 +222,20 @@ export function createMetrics(src: MetricsSources): Registry {
     },
   });
   new Counter({
+    name: 'weft_dataplane_tunnel_gso_total',
+    help: 'Whole TCP super-packets under tunnel GSO (weftd --tunnel-gso), by outcome (written: one TAP write each, segmented: by the socket because no TAP was attached, error: failed TAP writes)',
+    labelNames: ['outcome'],
+    registers: r,
+    collect() {
+      this.reset();
+      const io = (src.status().backendStats as { connIo?: Record<string, number> } | undefined)?.connIo;
+      if (!io || io['tunnelWrites'] === undefined) return;
+      setCounter(this, { outcome: 'written' }, io['tunnelWrites'] ?? 0);
+      setCounter(this, { outcome: 'segmented' }, io['tunnelFallbacks'] ?? 0);
+      setCounter(this, { outcome: 'error' }, io['tunnelErrors'] ?? 0);
+    },
+  });
+  new Counter({
     name: 'weft_dataplane_icmp_unreachable_total',
     help: 'ICMP net-unreachable replies written back to the TUN (no route)',
     registers: r,
@@ -250,7 +264,7 @@ export function createMetrics(src: MetricsSources): Registry {
   });
   new Gauge({
     name: 'weft_dataplane_offload',
-    help: '1 when an offload is in use (tun_vnet_hdr, tun_tso, tun_uso, udp_gso, udp_gro)',
+    help: '1 when an offload is in use (tun_vnet_hdr, tun_tso, tun_uso, udp_gso, udp_gro, tunnel_gso)',
     labelNames: ['feature'],
     registers: r,
     collect() {

@@ -89,6 +89,8 @@ export interface UdpCounters {
   tunnelFallbacks: number;
   /** 1 while UDP_SEGMENT is used (turned off when the egress device refuses it with EIO). */
   gsoEnabled: number;
+  /** 1 while a tunnel-GSO TAP is attached (detached after a failed write or by the guard). */
+  tunnelAttached: number;
 }
 
 export interface WeftIoAddon {

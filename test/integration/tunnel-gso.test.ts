@@ -88,6 +88,9 @@ for (const [label, opts, tap] of [
         `${receiver.name} took them whole: ${JSON.stringify(r.tunIo)}`,
       );
     }
+    const metrics = (await cluster.httpGet(cluster.node(1), '/metrics')).stdout;
+    assert.match(metrics, /weft_dataplane_offload\{feature="tunnel_gso"\} 1/);
+    assert.match(metrics, /weft_dataplane_tunnel_gso_total\{outcome="written"\} [1-9]/);
     // Small packets still take the socket: ping both ways.
     assert.equal((await cluster.ping(a, b.addr, { count: 5, intervalS: 0.05 })).received, 5);
     assert.equal((await cluster.ping(b, a.addr, { count: 5, intervalS: 0.05 })).received, 5);
@@ -183,7 +186,11 @@ void test('--tunnel-gso on a node whose FORWARD hook drops the tunnel packets: d
     });
   });
   const n1 = cluster.node(1);
-  const x = await cluster.tcpTransfer(a, b, 32 * MB, 90_000);
+  const x = await cluster.tcpTransfer(a, b, 32 * MB, 90_000).catch(async (err: unknown) => {
+    throw new Error(
+      `${(err as Error).message}\nconnIo: ${JSON.stringify((await io(cluster, n1)).connIo)}\n${n1.weftd?.output().slice(-3000) ?? ''}`,
+    );
+  });
   assert.equal(x.receivedSha256, x.sentSha256);
   const s = await io(cluster, n1);
   assert.ok((s.connIo['tunnelWrites'] ?? 0) > 0, 'it did try the TAP');
@@ -192,6 +199,9 @@ void test('--tunnel-gso on a node whose FORWARD hook drops the tunnel packets: d
     `then segmented in the socket: ${JSON.stringify(s.connIo)}`,
   );
   assert.match(n1.weftd?.output() ?? '', /did not send what weft wrote to the TAP/);
+  const metrics = (await cluster.httpGet(n1, '/metrics')).stdout;
+  assert.match(metrics, /weft_dataplane_offload\{feature="tunnel_gso"\} 0/, 'no longer in use');
+  assert.match(metrics, /weft_dataplane_tunnel_gso_total\{outcome="segmented"\} [1-9]/);
   const again = await cluster.tcpTransfer(a, b, 8 * MB);
   assert.equal(again.receivedSha256, again.sentSha256);
   const s2 = await io(cluster, n1);

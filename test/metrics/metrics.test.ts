@@ -37,7 +37,7 @@ function status(over: Partial<DaemonStatus> = {}): DaemonStatus {
       watchRestarts: 2,
       acquireFailures: 0,
     },
-    backendStats: {},
+    backendStats: { connIo: { tunnelWrites: 12, tunnelFallbacks: 3, tunnelErrors: 1, tunnelAttached: 0 } },
     error: undefined,
     ...over,
   };
@@ -104,6 +104,9 @@ void test('daemon, lease, data path and per-peer series with Prometheus names', 
   has('weft_dataplane_batches_total{side="tun_read",size="2-3"} 2');
   has('weft_dataplane_offload{feature="tun_tso"} 1');
   has('weft_dataplane_offload{feature="udp_gro"} 0');
+  has('weft_dataplane_tunnel_gso_total{outcome="written"} 12');
+  has('weft_dataplane_tunnel_gso_total{outcome="segmented"} 3');
+  has('weft_dataplane_tunnel_gso_total{outcome="error"} 1');
   has('weft_lease_held 1');
   has('weft_lease_renewals_total 3');
   has('weft_watch_restarts_total 2');
