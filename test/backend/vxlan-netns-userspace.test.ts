@@ -4,8 +4,26 @@
 // userspace node sends): wire compatibility with the kernel.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import type { FixtureNode } from './fixtures/cluster.ts';
+import type { Cluster, FixtureNode } from './fixtures/cluster.ts';
 import { VNI, assertCapturedVxlan, bothWays, vtepMac, withCluster } from './fixtures/vxlan-checks.ts';
+
+/**
+ * Userspace node A, Linux's vxlan driver on node B: ping and TCP both ways, and what A
+ * writes decodes as VXLAN (tshark) and was answered; then `body`.
+ */
+async function withMixedCluster(body: (c: Cluster) => Promise<void>): Promise<void> {
+  await withCluster(
+    [
+      { Type: 'vxlan', VNI, Dataplane: 'userspace' },
+      { Type: 'vxlan', VNI, Dataplane: 'kernel' },
+    ],
+    async (c) => {
+      await bothWays(c);
+      await assertCapturedVxlan(c, c.node(0), c.node(1));
+      await body(c);
+    },
+  );
+}
 
 void describe('vxlan in network namespaces (userspace data plane)', () => {
   void test('userspace <-> userspace: ping + TCP both ways, bad frames dropped by reason', async () => {
@@ -58,46 +76,29 @@ void describe('vxlan in network namespaces (userspace data plane)', () => {
   });
 
   void test('mixed: userspace node A <-> kernel VXLAN node B, ping + TCP both ways, tshark decode', async () => {
-    await withCluster(
-      [
-        { Type: 'vxlan', VNI, Dataplane: 'userspace' },
-        { Type: 'vxlan', VNI, Dataplane: 'kernel' },
-      ],
-      async (c) => {
-        await bothWays(c);
-        // What the userspace node writes decodes as VXLAN, and Linux's driver answered it.
-        await assertCapturedVxlan(c, c.node(0), c.node(1));
-        const a = await c.node(0).stats();
-        const b = await c.node(1).stats();
-        assert.deepEqual(a['dataplane'], { kernel: 0, userspace: 1 });
-        assert.deepEqual(b['dataplane'], { kernel: 1, userspace: 0 });
-        // On veth, Linux's vxlan hands the userspace node whole TCP super-packets (one
-        // datagram each, inner checksum partial): they must have gone to the TUN as GSO writes.
-        const io = a as { tunIo?: Record<string, number> };
-        assert.ok((io.tunIo?.['gsoWrites'] ?? 0) > 0, `written as GSO: ${JSON.stringify(io.tunIo)}`);
-      },
-    );
+    await withMixedCluster(async (c) => {
+      const a = await c.node(0).stats();
+      const b = await c.node(1).stats();
+      assert.deepEqual(a['dataplane'], { kernel: 0, userspace: 1 });
+      assert.deepEqual(b['dataplane'], { kernel: 1, userspace: 0 });
+      // On veth, Linux's vxlan hands the userspace node whole TCP super-packets (one
+      // datagram each, inner checksum partial): they must have gone to the TUN as GSO writes.
+      const io = a as { tunIo?: Record<string, number> };
+      assert.ok((io.tunIo?.['gsoWrites'] ?? 0) > 0, `written as GSO: ${JSON.stringify(io.tunIo)}`);
+    });
   });
 
   void test('mixed, the userspace node with tunnel GSO: Linux vxlan takes its whole super-packets', async () => {
     process.env.WEFT_TEST_TUNNEL_GSO = '1';
     try {
-      await withCluster(
-        [
-          { Type: 'vxlan', VNI, Dataplane: 'userspace' },
-          { Type: 'vxlan', VNI, Dataplane: 'kernel' },
-        ],
-        async (c) => {
-          await bothWays(c);
-          await assertCapturedVxlan(c, c.node(0), c.node(1));
-          // A's TCP left as whole super-packets through its TAP, and B's kernel vxlan device
-          // (the only reader there) delivered them: bothWays checked every byte came back.
-          const io = (await c.node(0).stats()) as { connIo?: Record<string, number> };
-          assert.ok((io.connIo?.['tunnelWrites'] ?? 0) > 0, `tunnel writes: ${JSON.stringify(io.connIo)}`);
-          assert.equal(io.connIo?.['tunnelErrors'], 0);
-          assert.equal(io.connIo?.['tunnelFallbacks'], 0);
-        },
-      );
+      await withMixedCluster(async (c) => {
+        // A's TCP left as whole super-packets through its TAP, and B's kernel vxlan device
+        // (the only reader there) delivered them: bothWays checked every byte came back.
+        const io = (await c.node(0).stats()) as { connIo?: Record<string, number> };
+        assert.ok((io.connIo?.['tunnelWrites'] ?? 0) > 0, `tunnel writes: ${JSON.stringify(io.connIo)}`);
+        assert.equal(io.connIo?.['tunnelErrors'], 0);
+        assert.equal(io.connIo?.['tunnelFallbacks'], 0);
+      });
     } finally {
       delete process.env.WEFT_TEST_TUNNEL_GSO;
     }
