@@ -1009,14 +1009,29 @@ static napi_value js_tun_open(napi_env env, napi_callback_info info) {
   return res;
 }
 
+/*
+ * An unfragmented TCP/IPv4 packet whose IP total length is `len` and whose headers fit in
+ * it: sets the IP and TCP header lengths. The one header check behind coalescing, whole
+ * super-packets and oversize writes.
+ */
+static int tcp4_lengths(const uint8_t *p, int len, int *ihl_out, int *thl_out) {
+  if (len < 40 || (p[0] >> 4) != 4 || p[9] != 6 || rd16(p + 2) != len) return 0;
+  if (rd16(p + 6) & 0x3fff) return 0; /* MF or fragment offset */
+  int ihl = (p[0] & 15) * 4;
+  if (ihl < 20 || len < ihl + 20) return 0;
+  int thl = (p[ihl + 12] >> 4) * 4;
+  if (thl < 20 || ihl + thl > len) return 0;
+  *ihl_out = ihl;
+  *thl_out = thl;
+  return 1;
+}
+
 /* A TCP/IPv4 super-packet that a tunnel-GSO send can take whole (the kernel's own layout). */
 static int whole_super_ok(const uint8_t *p, int len, const vnet_hdr *v) {
   if ((v->gso_type & ~VNET_GSO_ECN) != VNET_GSO_TCPV4 || !(v->flags & VNET_F_NEEDS_CSUM)) return 0;
-  if (len < 40 || len > MAX_SUPER || (p[0] >> 4) != 4 || p[9] != 6 || rd16(p + 2) != len) return 0;
-  int ihl = (p[0] & 15) * 4;
-  if (ihl < 20 || v->csum_start != ihl || v->csum_offset != 16 || len < ihl + 20) return 0;
-  int thl = (p[ihl + 12] >> 4) * 4;
-  if (thl < 20 || ihl + thl > len || v->gso_size == 0) return 0;
+  int ihl, thl;
+  if (len > MAX_SUPER || !tcp4_lengths(p, len, &ihl, &thl)) return 0;
+  if (v->csum_start != ihl || v->csum_offset != 16 || v->gso_size == 0) return 0;
   return len - ihl - thl > v->gso_size;
 }
 
@@ -1177,14 +1192,8 @@ typedef struct {
 } tcp_info;
 
 static int tcp4_candidate(const uint8_t *p, int len, tcp_info *t) {
-  if (len < 40 || (p[0] >> 4) != 4) return 0;
-  int ihl = (p[0] & 15) * 4;
-  if (ihl < 20 || p[9] != 6) return 0;
-  if (rd16(p + 2) != len) return 0;
-  if (rd16(p + 6) & 0x3fff) return 0; /* MF or fragment offset */
-  if (len < ihl + 20) return 0;
-  int doff = (p[ihl + 12] >> 4) * 4;
-  if (doff < 20 || ihl + doff > len) return 0;
+  int ihl, doff;
+  if (!tcp4_lengths(p, len, &ihl, &doff)) return 0;
   if (p[ihl + 12] & 0x0f) return 0; /* reserved bits / AE */
   uint8_t f = p[ihl + 13];
   if ((f & ~0x08) != 0x10) return 0; /* ACK, optionally PSH */
@@ -1356,11 +1365,9 @@ static int partial_csum_hdr(const uint8_t *p, int len, uint8_t *vh) {
  * pseudo-header sum in place). Returns 0 when it is not such a packet.
  */
 static int oversize_tcp_hdr(uint8_t *p, int len, int mtu, uint8_t *vh) {
-  if (len <= mtu || len < 40 || (p[0] >> 4) != 4 || p[9] != 6) return 0;
-  int ihl = (p[0] & 15) * 4;
-  if (ihl < 20 || len < ihl + 20 || rd16(p + 2) != len || (rd16(p + 6) & 0x3fff)) return 0;
-  int thl = (p[ihl + 12] >> 4) * 4;
-  if (thl < 20 || ihl + thl >= len || ihl + thl >= mtu) return 0;
+  int ihl, thl;
+  if (len <= mtu || !tcp4_lengths(p, len, &ihl, &thl)) return 0;
+  if (ihl + thl >= len || ihl + thl >= mtu) return 0;
   uint8_t *th = p + ihl;
   th[16] = th[17] = 0;
   wr16(th + 16, csum_fold(pseudo4(p, 6, (uint32_t)(len - ihl))));
@@ -2188,5 +2195,9 @@ NAPI_MODULE_INIT() {
       {"coalesce", NULL, js_coalesce, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  /* The jumbo region a TUN read batch reserves (PacketBatch.forTunRead must match it). */
+  napi_value jr;
+  napi_create_int32(env, JUMBO_REGION, &jr);
+  napi_set_named_property(env, exports, "jumboRegionBytes", jr);
   return exports;
 }

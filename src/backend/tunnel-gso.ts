@@ -30,6 +30,13 @@ import type { Logger } from '../util/log.ts';
 export interface TunnelGsoDevice {
   readonly name: string;
   readonly handle: NativeHandle;
+  /**
+   * Attaches the TAP to the backend's socket (or says why not: the socket then segments
+   * whole super-packets itself) and guards what leaves the underlay device from then on.
+   */
+  attach(conn: PacketConn, underlayIface: string): void;
+  /** One guard check (the backend's periodic device check calls it). */
+  check(): void;
   close(): void;
 }
 
@@ -125,23 +132,38 @@ export async function openTunnelGso(
     { device: r.name, mac: r.mac },
     'tunnel GSO: whole TCP super-packets go to the kernel through the TAP',
   );
-  return { name: r.name, handle, close };
+  let guard: TunnelGsoGuard | undefined;
+  const dev: TunnelGsoDevice = {
+    name: r.name,
+    handle,
+    attach(conn, underlayIface) {
+      guard = attachTunnelOrSegment(conn, dev, log) ? guardTunnel(conn, underlayIface, log) : undefined;
+    },
+    check: () => guard?.check(),
+    close() {
+      guard = undefined;
+      close();
+    },
+  };
+  return dev;
 }
 
 /**
  * Attaches the TAP to the socket; when that fails (not the native socket, or one bound to
  * no address) says why and leaves the socket to segment whole super-packets itself, which
- * is slower but loses nothing.
+ * is slower but loses nothing. True when attached.
  */
-export function attachTunnelOrSegment(conn: PacketConn, tap: TunnelGsoDevice, log: Logger): void {
+function attachTunnelOrSegment(conn: PacketConn, tap: TunnelGsoDevice, log: Logger): boolean {
   try {
     if (!canTunnel(conn)) throw new Error('the socket cannot send through a TAP');
     conn.attachTunnel(tap);
+    return true;
   } catch (err) {
     log.warn(
       { device: tap.name, err: (err as Error).message },
       'tunnel GSO: attaching the TAP failed; segmenting in the socket',
     );
+    return false;
   }
 }
 
@@ -233,11 +255,7 @@ export function deviceTxBytes(iface: string): number | undefined {
  * The guard for a backend: reads the socket's counters and the underlay's tx_bytes, and on
  * a trip detaches the TAP from the socket (which then segments) and says why.
  */
-export function guardTunnel(
-  conn: PacketConn,
-  underlayIface: string,
-  log: Logger,
-): TunnelGsoGuard | undefined {
+function guardTunnel(conn: PacketConn, underlayIface: string, log: Logger): TunnelGsoGuard | undefined {
   if (!canTunnel(conn)) return undefined;
   const stats = (conn as Partial<{ stats(): Record<string, number> }>).stats;
   return new TunnelGsoGuard(

@@ -23,9 +23,9 @@
  * between checks) and handles whatever arrives without going back to sleep; a window that
  * finds nothing, or a bulk turn, ends the session. A session is bounded
  * (BUSY_POLL_MAX_ROUNDS windows of small turns, BUSY_POLL_MAX_MS of waiting) so timers and
- * I/O of the rest of the daemon still run; level-triggered readiness picks up whatever is left. Windows that find
- * nothing are capped at BUSY_POLL_BUDGET of wall time; turns over budget are counted as
- * skipped.
+ * I/O of the rest of the daemon still run; level-triggered readiness picks up whatever is
+ * left. Windows that find nothing are capped at BUSY_POLL_BUDGET of wall time; turns over
+ * budget are counted as skipped.
  *
  * NAT keepalives (keepaliveIntervalMs > 0): every interval one small datagram goes to each
  * peer's advertised endpoint so NAT and firewall mappings in front of either node stay open.
@@ -195,7 +195,7 @@ export class Forwarder {
   private connPending = false;
   private readonly poller: BusyPoll | undefined;
   private polling = false;
-  /** Packets the current readiness handler (or busy-poll round) moved. */
+  /** Size of the current readiness turn (or busy-poll round): packets + 2 KiB units of bytes. */
   private moved = 0;
   /** Busy-poll budget: start of the current one-second epoch, and ms spent waiting in it. */
   private spinEpoch = 0;
@@ -434,7 +434,6 @@ export class Forwarder {
       batch.count = 0;
       const n = this.tun.read(batch);
       if (n <= 0) return;
-      this.moved += n;
       this.forwardFromTun(n);
       if (n < batch.capacity) return;
     }
@@ -502,7 +501,6 @@ export class Forwarder {
       batch.count = 0;
       const n = this.conn.recv(batch);
       if (n <= 0) return;
-      this.moved += n;
       this.forwardFromConn(n);
       if (n < this.rxFullAt) return;
     }
@@ -585,8 +583,9 @@ export class Forwarder {
     }
     (counters[Counter.tunReadPackets] as number) += n;
     (counters[Counter.tunReadBytes] as number) += readBytes;
-    // A whole super-packet (tunnel GSO) is one descriptor but bulk: count 2 KiB units too.
-    this.moved += readBytes >> 11;
+    // A turn's size for busy polling: packets, and 2 KiB units of bytes (a whole
+    // super-packet from tunnel GSO is one descriptor, but bulk).
+    this.moved += n + (readBytes >> 11);
     (counters[Counter.tunReadBatches] as number)++;
     (stats.tunReadSizes[batchBucket(n)] as number)++;
     batch.count = j;
@@ -695,7 +694,7 @@ export class Forwarder {
     }
     (counters[Counter.recvPackets] as number) += n;
     (counters[Counter.recvBytes] as number) += recvBytes;
-    this.moved += recvBytes >> 11;
+    this.moved += n + (recvBytes >> 11);
     (counters[Counter.recvBatches] as number)++;
     (stats.recvSizes[batchBucket(n)] as number)++;
     batch.count = j;

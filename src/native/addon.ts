@@ -94,6 +94,8 @@ export interface UdpCounters {
 }
 
 export interface WeftIoAddon {
+  /** Bytes of the jumbo region of a TUN read batch (JUMBO_REGION; PacketBatch.forTunRead reserves it). */
+  readonly jumboRegionBytes: number;
   /** keepSuperPackets: TCP super-packets are handed up whole (in a batch's jumbo region, see PacketBatch.forTunRead). */
   tunOpen(
     name: string,

@@ -11,6 +11,8 @@ import {
 import type { Sysctl } from '../../src/backend/tunnel-gso.ts';
 import { RecordingKernel } from '../../src/kernel/recording.ts';
 import { pino } from 'pino';
+import { loadAddon } from '../../src/native/addon.ts';
+import { JUMBO_REGION_BYTES, PacketBatch } from '../../src/tun/batch.ts';
 
 function fakeSys(values: Record<string, string>): Sysctl & { writes: string[] } {
   const writes: string[] = [];
@@ -111,4 +113,10 @@ void test('the guard does nothing while either counter is unreadable', () => {
   );
   for (let i = 0; i < 5; i++) g.check();
   assert.equal(calls, 0);
+});
+
+void test('a TUN read batch reserves exactly the jumbo region the native reader fills', () => {
+  assert.equal(loadAddon().jumboRegionBytes, JUMBO_REGION_BYTES);
+  const b = PacketBatch.forTunRead(4, 2048, 64);
+  assert.equal(b.arena.length, 4 * 2048 + JUMBO_REGION_BYTES);
 });

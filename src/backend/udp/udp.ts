@@ -37,8 +37,8 @@ import { cidrToKey, formatCidr, formatIpv4, tryParseIpv4 } from '../../routing/i
 import type { Ipv4Cidr } from '../../routing/ipv4.ts';
 import type { TunDevice } from '../../tun/tun.ts';
 import { ConfigError, DeviceError } from '../../util/errors.ts';
-import { attachTunnelOrSegment, guardTunnel, openTunnelGso } from '../tunnel-gso.ts';
-import type { TunnelGsoDevice, TunnelGsoGuard } from '../tunnel-gso.ts';
+import { openTunnelGso } from '../tunnel-gso.ts';
+import type { TunnelGsoDevice } from '../tunnel-gso.ts';
 import type { Logger } from '../../util/log.ts';
 import { backendMtu, keepaliveSeconds } from '../../daemon/netconf.ts';
 
@@ -287,7 +287,6 @@ export class UdpBackend implements Backend {
   private conn: PacketConn | undefined;
   /** The tunnel-GSO TAP (ctx.tunnelGso, when the node allows it). */
   private tunnel: TunnelGsoDevice | undefined;
-  private tunnelGuard: TunnelGsoGuard | undefined;
   private fwd: Forwarder | undefined;
   /** The forwarding threads beyond the main one (ctx.workers > 1). */
   private pool: WorkerPool | undefined;
@@ -374,10 +373,7 @@ export class UdpBackend implements Backend {
         offloads: this.ctx.offloads,
         ...(multi ? { reusePort: true } : {}),
       });
-      if (tunnel) {
-        attachTunnelOrSegment(this.conn, tunnel, this.log);
-        this.tunnelGuard = guardTunnel(this.conn, this.ctx.underlay.iface, this.log);
-      }
+      tunnel?.attach(this.conn, this.ctx.underlay.iface);
       this.fwd = new Forwarder({
         tun,
         conn: this.conn,
@@ -483,7 +479,7 @@ export class UdpBackend implements Backend {
     const lease = this.lease;
     const conn = this.conn;
     if (!lease || !conn) return;
-    this.tunnelGuard?.check();
+    this.tunnel?.check();
     const r = await checkAndRepairTun({
       kernel: this.kernel,
       name: this.tunName,
@@ -566,7 +562,6 @@ export class UdpBackend implements Backend {
   }
 
   private closeTunnel(): void {
-    this.tunnelGuard = undefined;
     this.tunnel?.close();
     this.tunnel = undefined;
   }

@@ -21,8 +21,8 @@
 import { nativeIoStats, userspaceDataplaneInfo } from '../userspace-info.ts';
 import type { DataplaneInfo } from '../backend.ts';
 import { openConn } from '../../conn/native-conn.ts';
-import { attachTunnelOrSegment, guardTunnel, openTunnelGso } from '../tunnel-gso.ts';
-import type { TunnelGsoDevice, TunnelGsoGuard } from '../tunnel-gso.ts';
+import { openTunnelGso } from '../tunnel-gso.ts';
+import type { TunnelGsoDevice } from '../tunnel-gso.ts';
 import type { PacketConn } from '../../conn/conn.ts';
 import { DEFAULT_BUSY_POLL_US, Forwarder } from '../../dataplane/forwarder.ts';
 import { WorkerPool, workersStat } from '../../dataplane/workers/pool.ts';
@@ -51,7 +51,6 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
   private conn: PacketConn | undefined;
   /** The tunnel-GSO TAP (ctx.tunnelGso, when the node allows it). */
   private tunnel: TunnelGsoDevice | undefined;
-  private tunnelGuard: TunnelGsoGuard | undefined;
   private fwd: Forwarder | undefined;
   /** The forwarding threads beyond the main one (ctx.workers > 1). */
   private pool: WorkerPool | undefined;
@@ -127,10 +126,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
         reusePort: multi,
       });
       this.conn = conn;
-      if (tunnel) {
-        attachTunnelOrSegment(conn, tunnel, this.log);
-        this.tunnelGuard = guardTunnel(conn, ctx.underlay.iface, this.log);
-      }
+      tunnel?.attach(conn, ctx.underlay.iface);
       const vtep = macBytes(this.p.mac);
       this.fwd = new Forwarder({
         tun,
@@ -212,7 +208,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
     const lease = this.lease;
     const conn = this.conn;
     if (!lease || !conn) return;
-    this.tunnelGuard?.check();
+    this.tunnel?.check();
     const { kernel, ctx, mtu } = this.p;
     const r = await checkAndRepairTun({
       kernel,
@@ -314,7 +310,6 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
     this.fwd = undefined;
     this.conn?.close();
     this.conn = undefined;
-    this.tunnelGuard = undefined;
     this.tunnel?.close();
     this.tunnel = undefined;
     this.tun?.close();
