@@ -85,7 +85,8 @@
 #define VNET_GSO_UDP_TUNNEL_IPV4 0x20
 #define TNL_VNET_LEN 24 /* virtio_net_hdr_v1_hash_tunnel: 20 bytes, outer_th and inner_nh offsets */
 #define TNL_OUTER_LEN (14 + 20 + 8)
-#define JUMBO_META 16 /* magic, packet offset, gso_size, gso_type */
+#define JUMBO_META 16 /* magic, packet offset, gso_size, gso_type, send-whole flag */
+#define JUMBO_META_WHOLE 11 /* set by the caller (PacketBatch.sendWhole): the peer takes it whole */
 #define JUMBO_HEAD 256
 #define JUMBO_PKT (MAX_SUPER + 64)
 #define JUMBO_SLOT (JUMBO_META + JUMBO_HEAD + JUMBO_PKT)
@@ -142,12 +143,14 @@ enum {
   UC_TUNNEL_ERRORS,    /* failed TAP writes (the TAP is then detached) */
   UC_TUNNEL_FALLBACKS, /* whole super-packets segmented here because no TAP was attached */
   UC_TUNNEL_BYTES,     /* bytes written to the TAP, outer headers included */
+  UC_TUNNEL_PEER_SEGMENTED, /* whole super-packets segmented here because their peer does not
+                               take tunnel-GSO datagrams (the caller did not mark them whole) */
   UC_COUNT
 };
 static const char *const udp_counter_names[UC_COUNT] = {
     "recvCalls",  "messagesIn", "datagramsIn", "groMessages", "sendCalls", "messagesOut", "datagramsOut",
     "gsoMessages", "eagain",    "sendWaits",   "errors",      "truncated", "dropped",
-    "tunnelWrites", "tunnelErrors", "tunnelFallbacks", "tunnelBytes"};
+    "tunnelWrites", "tunnelErrors", "tunnelFallbacks", "tunnelBytes", "tunnelPeerSegmented"};
 
 /* ------------------------------------------------------------------ handle */
 
@@ -1044,6 +1047,7 @@ static void put_jumbo(out_batch *o, const uint8_t *pkt, int len, const vnet_hdr 
   memcpy(m + 4, &at, 4);
   memcpy(m + 8, &v->gso_size, 2);
   m[10] = v->gso_type;
+  m[JUMBO_META_WHOLE] = 0;
   o->offset[o->count] = at;
   o->length[o->count] = len;
 }
@@ -1675,19 +1679,38 @@ static napi_value js_udp_attach_steering(napi_env env, napi_callback_info info) 
 }
 
 /*
- * tapOpen(name) -> { handle, name, mac } : a TAP device for tunnel-GSO sends (see
- * TUN_F_UDP_TUNNEL_GSO above). Throws with the errno when the kernel refuses the tunnel
- * offload (EINVAL before 6.17), so the caller can fall back to segmenting in userspace.
+ * tapOpen(name, mac?) -> { handle, name, mac } : a TAP device for tunnel-GSO sends (see
+ * TUN_F_UDP_TUNNEL_GSO above), with hardware address `mac` ("aa:bb:cc:dd:ee:ff") when given
+ * (a restarted daemon's TAP then looks like the one before). Throws with the errno when the
+ * kernel refuses the tunnel offload (EINVAL before 6.17), so the caller can fall back to
+ * segmenting in userspace.
  */
 static napi_value js_tap_open(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+  size_t argc = 2;
+  napi_value argv[2];
   NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   char name[IFNAMSIZ + 1];
   size_t nlen = 0;
   if (argc < 1 || napi_get_value_string_utf8(env, argv[0], name, sizeof name, &nlen) != napi_ok) {
-    napi_throw_type_error(env, "WEFT_NATIVE", "tapOpen(name)");
+    napi_throw_type_error(env, "WEFT_NATIVE", "tapOpen(name, mac?)");
     return NULL;
+  }
+  unsigned want[6];
+  int set_mac = 0;
+  napi_valuetype mt = napi_undefined;
+  if (argc >= 2) napi_typeof(env, argv[1], &mt);
+  if (mt == napi_string) {
+    char ms[32];
+    size_t mlen = 0;
+    char tail;
+    if (napi_get_value_string_utf8(env, argv[1], ms, sizeof ms, &mlen) != napi_ok ||
+        sscanf(ms, "%2x:%2x:%2x:%2x:%2x:%2x%c", &want[0], &want[1], &want[2], &want[3], &want[4], &want[5],
+               &tail) != 6 ||
+        (want[0] & 1)) {
+      napi_throw_range_error(env, "WEFT_NATIVE", "tapOpen: mac must be a unicast aa:bb:cc:dd:ee:ff");
+      return NULL;
+    }
+    set_mac = 1;
   }
   if (nlen >= IFNAMSIZ) {
     napi_throw_range_error(env, "WEFT_NATIVE", "interface name longer than 15 bytes");
@@ -1705,6 +1728,17 @@ static napi_value js_tap_open(napi_env env, napi_callback_info info) {
     r = ioctl(fd, TUNSETOFFLOAD, (unsigned long)(TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_UDP_TUNNEL_GSO));
   }
   uint8_t mac[6];
+  if (r == 0 && set_mac) {
+    what = "SIOCSIFHWADDR";
+    struct ifreq w = ifr;
+    w.ifr_hwaddr.sa_family = 1; /* ARPHRD_ETHER */
+    for (int k = 0; k < 6; k++) w.ifr_hwaddr.sa_data[k] = (char)want[k];
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    r = s < 0 ? -1 : ioctl(s, SIOCSIFHWADDR, &w);
+    int e = errno;
+    if (s >= 0) close(s);
+    errno = e;
+  }
   if (r == 0) {
     what = "SIOCGIFHWADDR";
     int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -1858,9 +1892,13 @@ static uint8_t *jumbo_of(uint8_t *arena, size_t alen, int32_t off, int32_t len, 
   return m;
 }
 
-/* A whole super-packet as ordinary datagrams, segmented here (no tunnel-GSO TAP attached). */
+/*
+ * A whole super-packet as ordinary datagrams, segmented here: no tunnel-GSO TAP is attached
+ * (counted as a fallback), or the peer does not take tunnel-GSO datagrams (`why` is then
+ * UC_TUNNEL_PEER_SEGMENTED).
+ */
 static int send_segmented(weft_handle *h, uint8_t *arena, int32_t off, int32_t len, int32_t pkt_at,
-                          const vnet_hdr *v, uint32_t addr, uint16_t port) {
+                          const vnet_hdr *v, uint32_t addr, uint16_t port, int why) {
   enum { SEG_SLOT = 2048, SEG_MAX = 64 };
   int encap = pkt_at - off;
   const uint8_t *pkt = arena + pkt_at;
@@ -1874,7 +1912,7 @@ static int send_segmented(weft_handle *h, uint8_t *arena, int32_t off, int32_t l
                  .slot_size = SEG_SLOT, .capacity = SEG_MAX, .offset = so, .length = sl, .count = 0};
   int n = segment_into(pkt, plen, v, hdrlen, &b);
   if (n <= 0 || !ensure_msg_cap(h, (size_t)n, (size_t)n)) return 0;
-  h->counters[UC_TUNNEL_FALLBACKS]++;
+  h->counters[why]++;
   for (int k = 0; k < n; k++) {
     uint8_t *d = h->seg_arena + so[k] - encap;
     memcpy(d, arena + off, (size_t)encap);
@@ -1898,7 +1936,7 @@ static int send_segmented(weft_handle *h, uint8_t *arena, int32_t off, int32_t l
 /* One whole super-packet (its encapsulation header in front) as one tunnel-GSO TAP write. */
 static int send_whole(weft_handle *h, uint8_t *arena, int32_t off, int32_t len, int32_t pkt_at,
                       const vnet_hdr *v, uint32_t addr, uint16_t port) {
-  if (h->tap_fd < 0 || len + TNL_OUTER_LEN - 14 > 65535) return send_segmented(h, arena, off, len, pkt_at, v, addr, port);
+  if (h->tap_fd < 0 || len + TNL_OUTER_LEN - 14 > 65535) return send_segmented(h, arena, off, len, pkt_at, v, addr, port, UC_TUNNEL_FALLBACKS);
   uint8_t hb[TNL_VNET_LEN + TNL_OUTER_LEN];
   memset(hb, 0, TNL_VNET_LEN);
   int inner = TNL_OUTER_LEN + (pkt_at - off);
@@ -1948,7 +1986,7 @@ static int send_whole(weft_handle *h, uint8_t *arena, int32_t off, int32_t len, 
   h->counters[UC_TUNNEL_ERRORS]++;
   close(h->tap_fd);
   h->tap_fd = -1;
-  return send_segmented(h, arena, off, len, pkt_at, v, addr, port);
+  return send_segmented(h, arena, off, len, pkt_at, v, addr, port, UC_TUNNEL_FALLBACKS);
 }
 
 /*
@@ -2005,7 +2043,10 @@ static napi_value js_udp_send(napi_env env, napi_callback_info info) {
       /* Keep the order: what was built so far goes first. */
       sent += send_msgs(h, nmsg);
       nmsg = niov = 0;
-      sent += send_whole(h, arena, off[i], len[i], pkt_at, &jv, addr[i], port[i]);
+      sent += meta[JUMBO_META_WHOLE]
+                  ? send_whole(h, arena, off[i], len[i], pkt_at, &jv, addr[i], port[i])
+                  : send_segmented(h, arena, off[i], len[i], pkt_at, &jv, addr[i], port[i],
+                                   UC_TUNNEL_PEER_SEGMENTED);
       memset(meta, 0, 4); /* the meta is used once */
       i++;
       continue;

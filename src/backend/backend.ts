@@ -38,7 +38,8 @@ export interface BackendContext {
   /**
    * Tunnel GSO (weftd --tunnel-gso): whole TCP super-packets go to the kernel as one
    * UDP-tunnel GSO packet each, through a TAP device, and the kernel cuts them into the
-   * wire format (src/backend/tunnel-gso.ts). Userspace data paths only; off by default.
+   * wire format (src/backend/tunnel-gso.ts), for peers whose lease says they take them.
+   * Userspace data paths only; absent = off (weftd turns it on unless --tunnel-gso=false).
    */
   readonly tunnelGso?: boolean;
 }

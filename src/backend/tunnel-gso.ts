@@ -1,6 +1,6 @@
 /**
- * Tunnel GSO (weftd --tunnel-gso): the send side of a userspace data path without
- * segmentation.
+ * Tunnel GSO (weftd --tunnel-gso, on by default): the send side of a userspace data path
+ * without segmentation.
  *
  * Normally the native TUN read cuts every 64 KiB TCP super-packet into MTU-sized packets
  * (a copy and a checksum per byte), JS handles each of them, and the socket sends them as
@@ -9,22 +9,46 @@
  * headers, to a TAP device with a vnet header that marks it as a UDP-tunnel GSO packet
  * (kernel 6.17+). The node's stack forwards it like kernel VXLAN's own packets and the
  * egress device, or the kernel's software GSO, cuts it into ordinary datagrams of the wire
- * format (flannel udp, or VXLAN): peers see exactly what they saw before. On a veth
- * underlay the packet crosses whole and the receiving weft writes it to its TUN as one GSO
- * write (it already does for kernel VXLAN peers).
+ * format (flannel udp, or VXLAN): peers see exactly what they saw before.
+ *
+ * Except on an underlay that carries GSO packets whole (veth, bridges: containers as nodes,
+ * kind, these tests): there the peer's socket receives the super-packet as one 64 KiB
+ * datagram. weft with offloads writes it to its TUN as one GSO write, and Linux's vxlan
+ * takes it as it takes its own, but flannel's udp proxy (or a weft without offloads) cannot.
+ * So a node says in its lease that it takes them (BackendData `"TunnelGSO": true`, see
+ * takesTunnelGso) and only such peers get whole super-packets; for every other peer the
+ * socket segments them (connIo.tunnelPeerSegmented).
  *
  * What it needs from the node, checked here (weft falls back to segmenting, with a
  * warning, when one is missing): the kernel accepts the TAP's tunnel offload, IPv4
  * forwarding is on (it is on every overlay node), and reverse-path filtering is not strict
  * for all interfaces (the packets enter on the TAP with one of the node's own addresses as
- * their source). What it cannot check: a FORWARD chain that drops traffic between the
- * node's own addresses would drop these packets; that is why it is off by default.
+ * their source). What it cannot check up front: a FORWARD chain that drops traffic between
+ * the node's own addresses would drop these packets; the guard (TunnelGsoGuard) sees the
+ * underlay send less than went to the TAP and detaches it within a few seconds.
  */
+import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import type { KernelNet } from '../kernel/kernel.ts';
 import type { NativeHandle } from '../native/addon.ts';
 import type { PacketConn } from '../conn/conn.ts';
 import type { Logger } from '../util/log.ts';
+
+/** The BackendData key by which a node's lease says it takes whole tunnel-GSO datagrams. */
+export const TUNNEL_GSO_LEASE_KEY = 'TunnelGSO';
+
+/**
+ * Whether a peer's lease BackendData says it takes whole tunnel-GSO datagrams (up to 64 KiB,
+ * one TCP super-packet each). Anything but `"TunnelGSO": true` means no: flannel's udp
+ * backend publishes null, its vxlan backend {"VNI","VtepMAC"}.
+ */
+export function takesTunnelGso(backendData: unknown): boolean {
+  return (
+    typeof backendData === 'object' &&
+    backendData !== null &&
+    (backendData as Record<string, unknown>)[TUNNEL_GSO_LEASE_KEY] === true
+  );
+}
 
 /** The TAP device (the socket keeps its own duplicate of its fd). */
 export interface TunnelGsoDevice {
@@ -52,6 +76,17 @@ export function canTunnel(conn: PacketConn): conn is PacketConn & TunnelGsoConn 
 /** The TAP's name for a TUN device: `<tun>-gso`, within the 15-byte limit. */
 export function tunnelGsoName(tunName: string): string {
   return `${tunName.slice(0, 11)}-gso`;
+}
+
+/**
+ * The TAP's hardware address: derived from its name, so a restarted weftd's TAP is the same
+ * device as before to anyone comparing `ip link` (locally administered, unicast). Frames on
+ * the TAP never leave the node: the address only has to be the TAP's own.
+ */
+export function tunnelGsoMac(tapName: string): string {
+  const h = createHash('sha256').update(`weft tunnel-gso ${tapName}`).digest();
+  h[0] = ((h[0] as number) & 0xfe) | 0x02;
+  return [...h.subarray(0, 6)].map((b) => b.toString(16).padStart(2, '0')).join(':');
 }
 
 /** The /proc/sys files read and written here (a seam for tests). */
@@ -101,7 +136,7 @@ export async function openTunnelGso(
   const addon = (await import('../native/addon.ts')).loadAddon();
   let r: { handle: NativeHandle; name: string; mac: string };
   try {
-    r = addon.tapOpen(name);
+    r = addon.tapOpen(name, tunnelGsoMac(name));
   } catch (err) {
     log.warn(
       { device: name, err: (err as Error).message },

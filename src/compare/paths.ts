@@ -54,7 +54,7 @@ export const PATHS: readonly PathSpec[] = [
     id: 'udp',
     name: 'weft udp',
     overheadBytes: 28,
-    how: 'TUN -> weftd -> UDP 8285 (IP packet as payload)',
+    how: 'TUN -> weftd -> UDP 8285 (IP packet as payload); TCP super-packets whole through a tunnel-GSO TAP',
     userspace: true,
     setup: async (c) => void (await c.startWeftdAll({ backend: 'udp' })),
   },
@@ -67,12 +67,12 @@ export const PATHS: readonly PathSpec[] = [
     setup: async (c) => void (await c.startWeftdAll({ backend: 'udp', extraArgs: ['--workers', '2'] })),
   },
   {
-    id: 'udp-tgso',
-    name: 'weft udp, tunnel GSO',
+    id: 'udp-seg',
+    name: 'weft udp, no tunnel GSO',
     overheadBytes: 28,
-    how: 'weft udp with --tunnel-gso: whole TCP super-packets to the kernel through a TAP, segmented there',
+    how: 'weft udp with --tunnel-gso=false: weftd segments every TCP super-packet itself (UDP GSO)',
     userspace: true,
-    setup: async (c) => void (await c.startWeftdAll({ backend: 'udp', extraArgs: ['--tunnel-gso'] })),
+    setup: async (c) => void (await c.startWeftdAll({ backend: 'udp', extraArgs: ['--tunnel-gso=false'] })),
   },
   {
     id: 'vxlan-user',
@@ -97,16 +97,16 @@ export const PATHS: readonly PathSpec[] = [
       })),
   },
   {
-    id: 'vxlan-user-tgso',
-    name: 'weft vxlan (userspace), tunnel GSO',
+    id: 'vxlan-user-seg',
+    name: 'weft vxlan (userspace), no tunnel GSO',
     overheadBytes: 50,
-    how: 'weft userspace vxlan with --tunnel-gso',
+    how: 'weft userspace vxlan with --tunnel-gso=false',
     userspace: true,
     setup: async (c) =>
       void (await c.startWeftdAll({
         backend: 'vxlan',
         backendOptions: { Dataplane: 'userspace' },
-        extraArgs: ['--tunnel-gso'],
+        extraArgs: ['--tunnel-gso=false'],
       })),
   },
   {

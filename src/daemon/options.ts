@@ -170,8 +170,8 @@ export const FLAGS: readonly FlagSpec[] = [
   {
     name: 'tunnel-gso',
     kind: 'bool',
-    dflt: 'false',
-    help: 'userspace data path: hand whole TCP super-packets to the kernel as UDP-tunnel GSO packets through a TAP device (kernel 6.17+; the node forwards them, so its FORWARD chain must accept them and rp_filter must not be strict); much less CPU per bit',
+    dflt: 'true',
+    help: 'userspace data path: hand whole TCP super-packets to the kernel as UDP-tunnel GSO packets through a TAP device, for peers whose lease says they take them (kernel 6.17+, IPv4 forwarding on, rp_filter not strict; otherwise, or when the FORWARD chain drops them, weft segments itself); much less CPU per bit. On by default; --tunnel-gso=false turns it off',
     alsoEnv: ['WEFT_TUNNEL_GSO'],
   },
   { name: 'release-on-exit', kind: 'bool', dflt: 'false', help: 'give the lease back on a graceful stop' },

@@ -148,6 +148,8 @@ export interface PeerStatus {
   readonly subnet: string;
   readonly publicIp: string;
   readonly port: number;
+  /** The peer takes whole tunnel-GSO datagrams (its lease says so). */
+  readonly tunnelGso: boolean;
   readonly txPackets: number;
   readonly txBytes: number;
   readonly rxPackets: number;
@@ -402,6 +404,7 @@ export class Forwarder {
         subnet: formatCidr(p.subnet),
         publicIp: formatIpv4(p.publicIp),
         port: p.port || this.port,
+        tunnelGso: p.tunnelGso === true,
         txPackets: st.peerTxPackets[p.id] ?? 0,
         txBytes: st.peerTxBytes[p.id] ?? 0,
         rxPackets: st.peerRxPackets[p.id] ?? 0,
@@ -574,6 +577,8 @@ export class Forwarder {
         (drops[-start] as number)++;
         continue;
       }
+      // A whole super-packet (tunnel GSO) goes out whole only to a peer that takes it.
+      if (peer.tunnelGso === true) batch.sendWhole(start);
       offsets[j] = start;
       lengths[j] = total + headroom;
       batch.addr[j] = peer.publicIp;

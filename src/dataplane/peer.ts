@@ -18,6 +18,11 @@ export interface Peer {
   readonly vtepMac?: Buffer | undefined;
   /** The lease key ("10.244.3.0-24"), for status and metrics labels. */
   readonly leaseKey: string;
+  /**
+   * The peer takes whole tunnel-GSO datagrams (its lease says "TunnelGSO": true); only then
+   * does a whole TCP super-packet go to it through the tunnel-GSO TAP. Absent = no.
+   */
+  readonly tunnelGso?: boolean;
 }
 
 /** Dense ids for peers, reused after release (lowest free first). */

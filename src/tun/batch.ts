@@ -17,6 +17,10 @@
  * headroom and one 64 KiB super-packet plus 64 of slack (JUMBO_REGION in native/weft_io.c).
  */
 export const JUMBO_REGION_BYTES = 4 * (16 + 256 + 65535 + 64);
+/** One jumbo slot: its 16 bytes of metadata come first (JUMBO_SLOT in native/weft_io.c). */
+const JUMBO_SLOT_BYTES = JUMBO_REGION_BYTES / 4;
+/** The metadata byte that lets udpSend write the slot's packet whole (JUMBO_META_WHOLE). */
+const JUMBO_META_WHOLE = 11;
 
 export class PacketBatch {
   /** Backing store. Layout is decided by whoever fills the batch (see forSlots / forReceive). */
@@ -33,9 +37,18 @@ export class PacketBatch {
   readonly length: Int32Array;
   readonly addr: Uint32Array;
   readonly port: Uint16Array;
+  /** Where the jumbo region starts (forTunRead); arena.length when there is none. */
+  readonly jumboStart: number;
 
-  constructor(arena: Buffer, capacity: number, slotSize: number, headroom: number) {
+  constructor(
+    arena: Buffer,
+    capacity: number,
+    slotSize: number,
+    headroom: number,
+    jumboStart = arena.length,
+  ) {
     this.arena = arena;
+    this.jumboStart = jumboStart;
     this.capacity = capacity;
     this.slotSize = slotSize;
     this.headroom = headroom;
@@ -62,7 +75,19 @@ export class PacketBatch {
   static forTunRead(capacity: number, slotSize: number, headroom: number): PacketBatch {
     if (headroom >= slotSize) throw new RangeError('headroom must be smaller than slotSize');
     const arena = Buffer.allocUnsafeSlow(capacity * slotSize + JUMBO_REGION_BYTES);
-    return new PacketBatch(arena, capacity, slotSize, headroom);
+    return new PacketBatch(arena, capacity, slotSize, headroom, capacity * slotSize);
+  }
+
+  /**
+   * Lets the whole super-packet whose descriptor starts at `offset` go to the tunnel-GSO TAP
+   * as one write, for a peer that takes tunnel-GSO datagrams. Without it the socket
+   * segments it into ordinary datagrams (what any flannel-format peer can read). Does
+   * nothing for an offset outside the jumbo region. Allocation-free.
+   */
+  sendWhole(offset: number): void {
+    const rel = offset - this.jumboStart;
+    if (rel < 0) return;
+    this.arena[rel - (rel % JUMBO_SLOT_BYTES) + this.jumboStart + JUMBO_META_WHOLE] = 1;
   }
 
   /**

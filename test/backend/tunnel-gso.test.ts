@@ -5,7 +5,9 @@ import { test } from 'node:test';
 import {
   TunnelGsoGuard,
   openTunnelGso,
+  takesTunnelGso,
   tunnelGsoBlocker,
+  tunnelGsoMac,
   tunnelGsoName,
 } from '../../src/backend/tunnel-gso.ts';
 import type { Sysctl } from '../../src/backend/tunnel-gso.ts';
@@ -119,4 +121,57 @@ void test('a TUN read batch reserves exactly the jumbo region the native reader 
   assert.equal(loadAddon().jumboRegionBytes, JUMBO_REGION_BYTES);
   const b = PacketBatch.forTunRead(4, 2048, 64);
   assert.equal(b.arena.length, 4 * 2048 + JUMBO_REGION_BYTES);
+});
+
+void test('only a lease whose BackendData says "TunnelGSO": true gets whole super-packets', () => {
+  assert.equal(takesTunnelGso({ TunnelGSO: true }), true);
+  assert.equal(takesTunnelGso({ VNI: 1, VtepMAC: 'aa:bb:cc:dd:ee:ff', TunnelGSO: true }), true);
+  // flannel's udp (null) and vxlan BackendData, and anything that is not exactly true.
+  for (const d of [
+    null,
+    undefined,
+    {},
+    { VNI: 1, VtepMAC: 'aa:bb:cc:dd:ee:ff' },
+    { TunnelGSO: 'true' },
+    { TunnelGSO: 1 },
+    'TunnelGSO',
+    [true],
+  ]) {
+    assert.equal(takesTunnelGso(d), false, JSON.stringify(d));
+  }
+});
+
+void test('sendWhole sets the send-whole byte of the jumbo slot a descriptor starts in, and nothing else', () => {
+  const slot = JUMBO_REGION_BYTES / 4;
+  const b = PacketBatch.forTunRead(4, 2048, 64);
+  assert.equal(b.jumboStart, 4 * 2048);
+  b.arena.fill(0);
+  // A descriptor in slot k starts after the 16-byte meta and up to 256 bytes of headroom.
+  for (const [k, into] of [
+    [0, 16 + 256 - 8],
+    [2, 16 + 200],
+    [3, 16],
+  ] as const) {
+    b.sendWhole(b.jumboStart + k * slot + into);
+    assert.equal(b.arena[b.jumboStart + k * slot + 11], 1, `slot ${k}`);
+  }
+  b.sendWhole(b.slotStart(1)); // an ordinary slot: no meta, nothing written
+  let set = 0;
+  for (const v of b.arena) set += v;
+  assert.equal(set, 3);
+  const plain = PacketBatch.forSlots(2, 2048, 64);
+  assert.equal(plain.jumboStart, plain.arena.length);
+  plain.arena.fill(0);
+  plain.sendWhole(plain.slotStart(1));
+  assert.equal(plain.arena.indexOf(1), -1);
+});
+
+void test('the TAP has a fixed, locally administered unicast address per name (the same after a restart)', () => {
+  const mac = tunnelGsoMac('weft0-gso');
+  assert.match(mac, /^([0-9a-f]{2}:){5}[0-9a-f]{2}$/);
+  assert.equal(mac, tunnelGsoMac('weft0-gso'));
+  assert.notEqual(mac, tunnelGsoMac('weft.1-gso'));
+  const first = parseInt(mac.slice(0, 2), 16);
+  assert.equal(first & 0x02, 0x02, 'locally administered');
+  assert.equal(first & 0x01, 0, 'unicast');
 });

@@ -14,6 +14,7 @@ import { createVxlanBackend } from '../../src/backend/vxlan/vxlan.ts';
 import { isUsableMac, loadOrCreateVtepMac, randomVtepMac } from '../../src/backend/vxlan/vtep-mac.ts';
 import type { VxlanDataplane } from '../../src/backend/vxlan/dataplane.ts';
 import type { VxlanPeerPlan } from '../../src/backend/vxlan/plan.ts';
+import { planVxlanPeer, samePlan } from '../../src/backend/vxlan/plan.ts';
 import { ConfigError } from '../../src/util/errors.ts';
 import { context, lease } from './fixtures/context.ts';
 
@@ -35,17 +36,34 @@ async function started(backend: Record<string, unknown>, k: RecordingKernel, sta
   return { b, prepared, ac, mac: b.vtepMac as string };
 }
 
-void test('prepare publishes flannel BackendData and MTU underlay - 50', async () => {
+void test('prepare publishes flannel BackendData (plus TunnelGSO) and MTU underlay - 50', async () => {
   const k = kernelWithUnderlay();
   const { b, prepared } = await started({}, k);
   assert.equal(prepared.backendType, 'vxlan');
   assert.equal(prepared.mtu, 1450);
   const data = prepared.backendData as { VNI: number; VtepMAC: string };
-  assert.deepEqual(Object.keys(data), ['VNI', 'VtepMAC']);
+  // flannel's two keys first; weft adds that Linux's vxlan takes whole tunnel-GSO datagrams
+  // (flannel ignores keys it does not know).
+  assert.deepEqual(Object.keys(data), ['VNI', 'VtepMAC', 'TunnelGSO']);
   assert.equal(data.VNI, 1);
   assert.ok(isUsableMac(data.VtepMAC));
-  assert.equal(JSON.stringify(data), `{"VNI":1,"VtepMAC":"${data.VtepMAC}"}`);
+  assert.equal(JSON.stringify(data), `{"VNI":1,"VtepMAC":"${data.VtepMAC}","TunnelGSO":true}`);
   await b.stop();
+});
+
+void test('a peer plan says whether the peer takes whole tunnel-GSO datagrams; a change replans it', () => {
+  const ctx = { dev: 'weft.1', underlay: 'eth0', vni: 1, directRouting: false, connected: [] };
+  const plan = (data: unknown): VxlanPeerPlan => {
+    const r = planVxlanPeer(lease('10.5.2.0/24', '198.18.0.2', 'vxlan', data), ctx);
+    assert.ok('plan' in r, JSON.stringify(r));
+    return r.plan;
+  };
+  const flannel = plan({ VNI: 1, VtepMAC: MAC_B });
+  const weft = plan({ VNI: 1, VtepMAC: MAC_B, TunnelGSO: true });
+  assert.equal(flannel.tunnelGso, false);
+  assert.equal(weft.tunnelGso, true);
+  assert.equal(samePlan(flannel, weft), false);
+  assert.equal(samePlan(weft, plan({ VNI: 1, VtepMAC: MAC_B, TunnelGSO: true })), true);
 });
 
 void test('device creation: exact operations, as flannel', async () => {

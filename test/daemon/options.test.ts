@@ -137,10 +137,11 @@ void test('--help lists every flag with its environment variable', () => {
   assert.equal(parseOptions(['--help'], {}).help, true);
 });
 
-void test('--tunnel-gso / WEFT_TUNNEL_GSO: off by default', () => {
-  assert.equal(parseOptions([], {}).tunnelGso, false);
+void test('--tunnel-gso / WEFT_TUNNEL_GSO: on by default, turned off by false', () => {
+  assert.equal(parseOptions([], {}).tunnelGso, true);
   assert.equal(parseOptions(['--tunnel-gso'], {}).tunnelGso, true);
-  assert.equal(parseOptions([], { WEFT_TUNNEL_GSO: 'true' }).tunnelGso, true);
+  assert.equal(parseOptions([], { WEFT_TUNNEL_GSO: '0' }).tunnelGso, false);
+  assert.equal(parseOptions(['--tunnel-gso=false'], {}).tunnelGso, false);
   assert.equal(parseOptions(['--tunnel-gso=false'], { WEFT_TUNNEL_GSO: 'true' }).tunnelGso, false);
 });
 

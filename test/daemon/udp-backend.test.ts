@@ -63,7 +63,10 @@ const lease = (subnet: string, ip: string, backendType = 'udp'): Lease => ({
 
 void test('prepare publishes flannel udp attrs and MTU underlay - 28; tiny underlays are refused', async () => {
   const b = new UdpBackend(ctxFor('198.18.0.1'), { kernel: new RecordingKernel() });
-  assert.deepEqual(await b.prepare(), { backendType: 'udp', backendData: null, mtu: 1472 });
+  // With offloads the node takes whole tunnel-GSO datagrams and says so; without, flannel's null.
+  assert.deepEqual(await b.prepare(), { backendType: 'udp', backendData: { TunnelGSO: true }, mtu: 1472 });
+  const plain = new UdpBackend(ctxFor('198.18.0.1', 1500, false), { kernel: new RecordingKernel() });
+  assert.deepEqual(await plain.prepare(), { backendType: 'udp', backendData: null, mtu: 1472 });
   assert.equal(b.port, 9285);
   const dflt = new UdpBackend(
     { ...ctxFor('198.18.0.1'), network: validateNetConfig({ Network: '10.0.0.0/16' }) },

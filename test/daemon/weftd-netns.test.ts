@@ -141,12 +141,17 @@ void test('two weftd nodes: subnet files, weft0, ping across, readiness, SIGTERM
   );
   assert.match(pingOut, /3 packets transmitted, 3 received/);
 
-  // /status of A lists B as a peer.
+  // /status of A lists B as a peer (B, with offloads, says it takes whole tunnel-GSO datagrams).
   const status = JSON.parse(
     await run.exec(nsA, 'busybox', ['wget', '-q', '-O', '-', `http://127.0.0.1:${HEALTH_PORT}/status`]),
   ) as { peers: { subnet: string; publicIp: string }[]; lease: { subnet: string } };
   assert.deepEqual(status.peers, [
-    { subnet: formatCidr(fb.subnet), publicIp: '192.168.77.2', backendType: 'udp', backendData: null },
+    {
+      subnet: formatCidr(fb.subnet),
+      publicIp: '192.168.77.2',
+      backendType: 'udp',
+      backendData: { TunnelGSO: true },
+    },
   ]);
   assert.equal(status.lease.subnet, formatCidr(fa.subnet));
 

@@ -1,7 +1,10 @@
-// weftd --tunnel-gso (src/backend/tunnel-gso.ts), two nodes in network namespaces:
-//  - udp and userspace vxlan: TCP both ways intact, the sender wrote whole super-packets to
-//    its TAP (tunnelWrites, wholeSuperPackets) and the receiver took them whole (gsoWrites);
-//    the TAP is gone after SIGTERM;
+// weftd --tunnel-gso (src/backend/tunnel-gso.ts, on by default), two nodes in network namespaces:
+//  - udp and userspace vxlan, default options: TCP both ways intact, the sender wrote whole
+//    super-packets to its TAP (tunnelWrites, wholeSuperPackets) and the receiver took them
+//    whole (gsoWrites); the TAP is gone after SIGTERM;
+//  - a peer of flannel's udp design (bench/refs/udp-proxy.c) whose lease does not say
+//    "TunnelGSO": true: it gets ordinary datagrams (tunnelPeerSegmented), TCP intact;
+//  - --tunnel-gso=false: no TAP, weftd segments every super-packet itself;
 //  - an underlay that cannot carry tunnel GSO (veth offload off): the kernel segments, and
 //    what crosses the wire is ordinary flannel-format datagrams no larger than the MTU;
 //  - the TAP deleted under a running weftd: the socket segments the super-packets itself
@@ -14,6 +17,9 @@ import { test } from 'node:test';
 import { NetnsRun } from '../../src/netns/netns.ts';
 import { Cluster } from '../../src/netns/topology.ts';
 import type { ClusterNode, Pod, WeftdOptions } from '../../src/netns/topology.ts';
+import { EmbeddedLeaseStore } from '../../src/lease/embedded/store.ts';
+import { startUdpProxy } from '../../bench/refs/udp-proxy.ts';
+import { tunnelGsoMac } from '../../src/backend/tunnel-gso.ts';
 
 const TAP = 'weft0-gso';
 const MB = 1024 * 1024;
@@ -60,18 +66,15 @@ async function twoNodes(
 }
 
 for (const [label, opts, tap] of [
-  ['udp', { backend: 'udp', extraArgs: ['--tunnel-gso'] }, TAP],
-  [
-    'vxlan (userspace)',
-    { backend: 'vxlan', backendOptions: { Dataplane: 'userspace' }, extraArgs: ['--tunnel-gso'] },
-    'weft.1-gso',
-  ],
+  ['udp', { backend: 'udp' }, TAP],
+  ['vxlan (userspace)', { backend: 'vxlan', backendOptions: { Dataplane: 'userspace' } }, 'weft.1-gso'],
 ] as const) {
-  void test(`${label} --tunnel-gso: whole super-packets through the TAP, TCP intact both ways`, async (t) => {
+  void test(`${label}, default options: whole super-packets through the TAP, TCP intact both ways`, async (t) => {
     const { cluster, a, b } = await twoNodes(t, opts);
     const n1 = cluster.node(1);
     const link = await cluster.run.exec(n1.ns, 'ip', ['-d', 'link', 'show', tap]);
     assert.match(link, /tun type tap/, link);
+    assert.ok(link.includes(`link/ether ${tunnelGsoMac(tap)} `), `the TAP's fixed address: ${link}`);
     await transferBothWays(cluster, a, b, 16 * MB);
     for (const [sender, receiver] of [
       [cluster.node(1), cluster.node(2)],
@@ -83,11 +86,16 @@ for (const [label, opts, tap] of [
       assert.ok((s.connIo['tunnelWrites'] ?? 0) > 0, `${sender.name}: ${JSON.stringify(s.connIo)}`);
       assert.equal(s.connIo['tunnelErrors'], 0);
       assert.equal(s.connIo['tunnelFallbacks'], 0);
+      assert.equal(s.connIo['tunnelPeerSegmented'], 0, 'weft peers say they take them whole');
       assert.ok(
         (r.tunIo['gsoWrites'] ?? 0) > 0,
         `${receiver.name} took them whole: ${JSON.stringify(r.tunIo)}`,
       );
     }
+    const st = JSON.parse((await cluster.httpGet(n1, '/status')).stdout) as {
+      backendStats?: Record<string, unknown>;
+    };
+    assert.equal(st.backendStats?.['tunnelGsoPeers'], 1, 'the peer said it takes them whole');
     const metrics = (await cluster.httpGet(cluster.node(1), '/metrics')).stdout;
     assert.match(metrics, /weft_dataplane_offload\{feature="tunnel_gso"\} 1/);
     assert.match(metrics, /weft_dataplane_tunnel_gso_total\{outcome="written"\} [1-9]/);
@@ -100,6 +108,53 @@ for (const [label, opts, tap] of [
     assert.ok(!links.includes(tap), `the TAP is gone after SIGTERM:\n${links}`);
   });
 }
+
+void test('a flannel udp peer (no "TunnelGSO" in its lease) gets ordinary datagrams; TCP intact both ways', async (t) => {
+  // On this veth underlay a tunnel-GSO packet would reach the peer as one 64 KiB datagram,
+  // which flannel's proxy (one read, one TUN write) cannot forward to its pods.
+  const run = new NetnsRun();
+  const cluster = await Cluster.create(run, { nodes: 2, podsPerNode: 1 });
+  t.after(() => cluster.destroy());
+  cluster.writeNetConf('udp');
+  const n1 = cluster.node(1);
+  const n2 = cluster.node(2);
+  const store = await EmbeddedLeaseStore.open({ dir: cluster.storeDir });
+  t.after(() => store.close());
+  const flannel = await store.acquire({ publicIp: n2.underlayIp, backendType: 'udp', backendData: null });
+  cluster.startWeftd(n1);
+  const info = await cluster.waitWeftdReady(n1);
+  await cluster.attachPods(n1, info);
+  await startUdpProxy(cluster, n2, flannel.subnet, [{ subnet: info.subnet, ip: n1.underlayIp }]);
+  const [a] = n1.pods;
+  const [b] = n2.pods;
+  assert.ok(a && b);
+  await cluster.waitForPing(a, b.addr, 15_000);
+  await cluster.waitForPing(b, a.addr, 15_000);
+  await transferBothWays(cluster, a, b, 8 * MB);
+  const s = await io(cluster, n1);
+  assert.ok((s.tunIo['wholeSuperPackets'] ?? 0) > 0, JSON.stringify(s.tunIo));
+  assert.ok((s.connIo['tunnelPeerSegmented'] ?? 0) > 0, JSON.stringify(s.connIo));
+  assert.equal(s.connIo['tunnelWrites'], 0, 'nothing went whole to a peer that cannot take it');
+  assert.equal(s.connIo['tunnelAttached'], 1, 'the TAP stays for peers that can');
+  const st = JSON.parse((await cluster.httpGet(n1, '/status')).stdout) as {
+    backendStats?: Record<string, unknown>;
+  };
+  assert.equal(st.backendStats?.['peers'], 1);
+  assert.equal(st.backendStats?.['tunnelGsoPeers'], 0);
+  const metrics = (await cluster.httpGet(n1, '/metrics')).stdout;
+  assert.match(metrics, /weft_dataplane_tunnel_gso_total\{outcome="peer_segmented"\} [1-9]/);
+});
+
+void test('--tunnel-gso=false: no TAP; weftd segments the super-packets itself', async (t) => {
+  const { cluster, a, b } = await twoNodes(t, { backend: 'udp', extraArgs: ['--tunnel-gso=false'] });
+  await transferBothWays(cluster, a, b, 4 * MB);
+  const links = await cluster.run.exec(cluster.node(1).ns, 'ip', ['-br', 'link']);
+  assert.ok(!links.includes(TAP), links);
+  const s = await io(cluster, cluster.node(1));
+  assert.equal(s.tunIo['wholeSuperPackets'], 0);
+  assert.equal(s.connIo['tunnelWrites'], 0);
+  assert.ok((s.connIo['gsoMessages'] ?? 0) > 0, JSON.stringify(s.connIo));
+});
 
 void test('--tunnel-gso over an underlay without tunnel offload: ordinary datagrams on the wire', async (t) => {
   const { cluster, a, b } = await twoNodes(t, { backend: 'udp', extraArgs: ['--tunnel-gso'] }, async (c) => {

@@ -37,7 +37,15 @@ function status(over: Partial<DaemonStatus> = {}): DaemonStatus {
       watchRestarts: 2,
       acquireFailures: 0,
     },
-    backendStats: { connIo: { tunnelWrites: 12, tunnelFallbacks: 3, tunnelErrors: 1, tunnelAttached: 0 } },
+    backendStats: {
+      connIo: {
+        tunnelWrites: 12,
+        tunnelFallbacks: 3,
+        tunnelPeerSegmented: 4,
+        tunnelErrors: 1,
+        tunnelAttached: 0,
+      },
+    },
     error: undefined,
     ...over,
   };
@@ -71,6 +79,7 @@ function fwd(sent: number): ForwarderSnapshot {
         subnet: '10.244.2.0/24',
         publicIp: '198.18.0.2',
         port: 8285,
+        tunnelGso: false,
         txPackets: sent,
         txBytes: sent * 100,
         rxPackets: 5,
@@ -106,6 +115,7 @@ void test('daemon, lease, data path and per-peer series with Prometheus names', 
   has('weft_dataplane_offload{feature="udp_gro"} 0');
   has('weft_dataplane_tunnel_gso_total{outcome="written"} 12');
   has('weft_dataplane_tunnel_gso_total{outcome="segmented"} 3');
+  has('weft_dataplane_tunnel_gso_total{outcome="peer_segmented"} 4');
   has('weft_dataplane_tunnel_gso_total{outcome="error"} 1');
   has('weft_lease_held 1');
   has('weft_lease_renewals_total 3');

@@ -66,7 +66,7 @@ void test('weft status shows the lease, the peer route and counters; --json; wro
   for (const k of ['state', 'ready', 'checks', 'lease', 'peers', 'network', 'backend', 'store', 'mtu'])
     assert.deepEqual(fromCli[k], fromDaemon[k], `--json field ${k}`);
   assert.deepEqual(fromCli.peers, [
-    { subnet: peer, publicIp: n2.underlayIp, backendType: 'udp', backendData: null },
+    { subnet: peer, publicIp: n2.underlayIp, backendType: 'udp', backendData: { TunnelGSO: true } },
   ]);
 
   // WEFT_ENDPOINT works in place of --endpoint.

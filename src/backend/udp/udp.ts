@@ -9,7 +9,8 @@
  * in batches, with offloads unless turned off. Peers (from their leases) are entries in the
  * forwarder's route table; nothing in the kernel changes per peer.
  *
- * flannel publishes no BackendData for udp: our lease carries null.
+ * flannel publishes no BackendData for udp; ours is {"TunnelGSO": true} when this node takes
+ * whole tunnel-GSO datagrams (offloads on, see src/backend/tunnel-gso.ts), else null.
  *
  * The TUN device is checked every second (TunWatch): if someone deletes it (`ip link del`),
  * the backend opens a new one, puts address, MTU and route back and swaps it into a fresh
@@ -37,7 +38,7 @@ import { cidrToKey, formatCidr, formatIpv4, tryParseIpv4 } from '../../routing/i
 import type { Ipv4Cidr } from '../../routing/ipv4.ts';
 import type { TunDevice } from '../../tun/tun.ts';
 import { ConfigError, DeviceError } from '../../util/errors.ts';
-import { openTunnelGso } from '../tunnel-gso.ts';
+import { openTunnelGso, takesTunnelGso, TUNNEL_GSO_LEASE_KEY } from '../tunnel-gso.ts';
 import type { TunnelGsoDevice } from '../tunnel-gso.ts';
 import type { Logger } from '../../util/log.ts';
 import { backendMtu, keepaliveSeconds } from '../../daemon/netconf.ts';
@@ -324,7 +325,9 @@ export class UdpBackend implements Backend {
     // Backend.MTU, or underlay - 28; checked to fit the underlay.
     const mtu = backendMtu(this.ctx.network.backend, this.ctx.underlay, UDP_OVERHEAD);
     this.mtu = mtu;
-    return Promise.resolve({ backendType: UDP_BACKEND_TYPE, backendData: null, mtu });
+    // With offloads the receive side writes a whole super-packet to the TUN as one GSO write.
+    const backendData = this.ctx.offloads ? { [TUNNEL_GSO_LEASE_KEY]: true } : null;
+    return Promise.resolve({ backendType: UDP_BACKEND_TYPE, backendData, mtu });
   }
 
   async start(lease: Lease, signal: AbortSignal): Promise<void> {
@@ -443,6 +446,7 @@ export class UdpBackend implements Backend {
         publicIp,
         port: 0,
         leaseKey: key,
+        tunnelGso: takesTunnelGso(attrs.backendData),
       };
       this.peers.set(key, peer);
       (this.pool ?? this.fwd)?.addPeer(peer);
@@ -517,6 +521,8 @@ export class UdpBackend implements Backend {
   stats(): BackendStats {
     const out: Record<string, number | Record<string, number>> = {
       peers: this.peers.size,
+      // peers whose lease says they take whole tunnel-GSO datagrams
+      tunnelGsoPeers: [...this.peers.values()].filter((p) => p.tunnelGso === true).length,
       ignoredPeerEvents: this.ignored,
       mtu: this.mtu,
       port: this.port,

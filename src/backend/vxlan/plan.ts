@@ -14,12 +14,15 @@ import { normalizeMac } from '../../kernel/kernel.ts';
 import type { Ipv4Cidr } from '../../routing/ipv4.ts';
 import { cidr, cidrContains, cidrToKey, tryParseIpv4 } from '../../routing/ipv4.ts';
 import type { Lease } from '../../lease/types.ts';
+import { takesTunnelGso } from '../tunnel-gso.ts';
 import { isUsableMac } from './vtep-mac.ts';
 
 /** flannel's vxlan BackendData: {"VNI":1,"VtepMAC":"aa:bb:cc:dd:ee:ff"}. */
 export interface VxlanLeaseData {
   readonly VNI: number;
   readonly VtepMAC: string;
+  /** weft: this node takes whole tunnel-GSO datagrams (src/backend/tunnel-gso.ts). */
+  readonly TunnelGSO?: boolean;
 }
 
 export interface VxlanPeerPlan {
@@ -30,6 +33,8 @@ export interface VxlanPeerPlan {
   readonly mac: string;
   /** DirectRouting applies: plain route via the public IP, no VXLAN state. */
   readonly direct: boolean;
+  /** The peer takes whole tunnel-GSO datagrams (BackendData "TunnelGSO": true). */
+  readonly tunnelGso: boolean;
 }
 
 export interface VxlanPlanContext {
@@ -62,7 +67,8 @@ export function planVxlanPeer(lease: Lease, ctx: VxlanPlanContext): PlanResult {
   if (typeof vni === 'number' && vni !== ctx.vni)
     return { ignored: `peer uses VNI ${vni}, we use ${ctx.vni}` };
   const direct = ctx.directRouting && onConnectedSubnet(ctx.connected, publicIp);
-  return { plan: { key: cidrToKey(lease.subnet), subnet: lease.subnet, publicIp, mac, direct } };
+  const tunnelGso = takesTunnelGso(data);
+  return { plan: { key: cidrToKey(lease.subnet), subnet: lease.subnet, publicIp, mac, direct, tunnelGso } };
 }
 
 export function samePlan(a: VxlanPeerPlan, b: VxlanPeerPlan): boolean {
@@ -71,7 +77,8 @@ export function samePlan(a: VxlanPeerPlan, b: VxlanPeerPlan): boolean {
     a.subnet.prefix === b.subnet.prefix &&
     a.publicIp === b.publicIp &&
     a.mac === b.mac &&
-    a.direct === b.direct
+    a.direct === b.direct &&
+    a.tunnelGso === b.tunnelGso
   );
 }
 

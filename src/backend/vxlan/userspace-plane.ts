@@ -188,6 +188,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
         port: 0,
         vtepMac: macBytes(want.mac),
         leaseKey: key,
+        tunnelGso: want.tunnelGso,
       };
       fwd.addPeer(peer);
       this.inForwarder.set(key, peer);
@@ -272,6 +273,8 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
     const fwd = this.fwd;
     const out: Record<string, number | Record<string, number>> = {
       peers: this.inForwarder.size + this.direct.installedPlans().size,
+      // peers whose lease says they take whole tunnel-GSO datagrams
+      tunnelGsoPeers: [...this.inForwarder.values()].filter((p) => p.tunnelGso === true).length,
       peersDirect: this.direct.installedPlans().size,
       kernelFailures: this.direct.counters.failures,
       ...this.repairs,
@@ -322,6 +325,7 @@ function sameAsPeer(p: VxlanPeerPlan, peer: Peer): boolean {
     p.publicIp === peer.publicIp &&
     p.subnet.addr === peer.subnet.addr &&
     p.subnet.prefix === peer.subnet.prefix &&
+    p.tunnelGso === (peer.tunnelGso === true) &&
     peer.vtepMac !== undefined &&
     macBytes(p.mac).equals(peer.vtepMac)
   );

@@ -97,7 +97,10 @@ export class VxlanBackend implements Backend {
       this.dataplane = opts.dataplane;
       this.ctx.log.info({ dataplane: this.dataplane }, `vxlan data plane: ${this.dataplane} (configured)`);
     }
-    const data: VxlanLeaseData = { VNI: opts.vni, VtepMAC: this.mac };
+    // Linux's vxlan takes a whole tunnel-GSO datagram as it takes its own; the userspace
+    // plane does with offloads (one GSO write to its TUN).
+    const whole = this.dataplane === 'kernel' || this.ctx.offloads;
+    const data: VxlanLeaseData = { VNI: opts.vni, VtepMAC: this.mac, ...(whole ? { TunnelGSO: true } : {}) };
     return { backendType: 'vxlan', backendData: data, mtu: this.mtu };
   }
 

@@ -37,6 +37,7 @@ function toPeer(p: WirePeer): Peer {
     publicIp: p.publicIp,
     port: p.port,
     leaseKey: p.leaseKey,
+    tunnelGso: p.tunnelGso === true,
     vtepMac: mac === undefined ? undefined : Buffer.from(mac.buffer, mac.byteOffset, mac.byteLength),
   };
 }
