@@ -93,6 +93,10 @@
 #define JUMBO_SLOTS 4
 #define JUMBO_REGION (JUMBO_SLOTS * JUMBO_SLOT)
 #define JUMBO_MAGIC 0x4a4d4257u /* "WBMJ" little-endian */
+/* Scratch for segmenting one whole super-packet here (handle->seg_arena): 64 slots of 2 KiB. */
+#define SEG_SLOT 2048
+#define SEG_MAX 64
+#define SEG_ARENA (SEG_SLOT * SEG_MAX)
 #define MAX_COALESCE_SEGS 256
 #define UDP_GSO_MAX_SEGS 64
 #define UDP_GSO_MAX_BYTES 65507
@@ -114,16 +118,18 @@ enum {
   TC_ERRORS,
   TC_DROPPED, /* unusable reads (oversize, IPv6 super-packets, malformed GSO) */
   TC_PENDING, /* super-packets that did not fit the batch and were kept for the next read */
-  TC_CSUM_PARTIAL_IN, /* packets written with NEEDS_CSUM because their sender left the checksum partial */
+  TC_CSUM_PARTIAL_IN, /* packets whose sender left the checksum partial: written with NEEDS_CSUM
+                         (vnet header) or completed here (no vnet header) */
   TC_GSO_WRITES,      /* TCP packets larger than the MTU written whole as one GSO write */
   TC_WHOLE_SUPER,     /* TCP super-packets handed up whole (tunnel GSO) instead of segmented */
+  TC_SEGMENTED_WRITES, /* TCP packets larger than the MTU cut here (TUN without GSO writes) */
   TC_COUNT
 };
 static const char *const tun_counter_names[TC_COUNT] = {
     "reads",          "packetsIn",        "superPackets",       "segments",     "csumCompleted",
     "writes",         "packetsOut",       "coalescedWrites",    "coalescedSegments", "eagain",
     "errors",         "dropped",          "pendingSuperPackets", "partialCsumWrites", "gsoWrites",
-    "wholeSuperPackets"};
+    "wholeSuperPackets", "segmentedWrites"};
 
 enum {
   UC_RECV_CALLS,
@@ -1385,6 +1391,58 @@ static int oversize_tcp_hdr(uint8_t *p, int len, int mtu, uint8_t *vh) {
   return 1;
 }
 
+/*
+ * The same packet for a TUN that cannot take GSO writes (offloads off): cut here into
+ * MTU-sized TCP segments with full checksums, one write each. Returns the segments the
+ * kernel took, or -1 when it is not such a packet (the caller writes it as it is).
+ */
+static int write_segmented(weft_handle *h, const uint8_t *p, int len) {
+  int ihl, thl;
+  if (h->mtu <= 0 || len <= h->mtu || !tcp4_lengths(p, len, &ihl, &thl)) return -1;
+  int hdrlen = ihl + thl;
+  if (hdrlen >= h->mtu) return -1;
+  int slot = (h->mtu + 63) & ~63;
+  if (slot < SEG_SLOT) slot = SEG_SLOT;
+  vnet_hdr v;
+  memset(&v, 0, sizeof v);
+  v.flags = VNET_F_NEEDS_CSUM;
+  v.gso_type = VNET_GSO_TCPV4;
+  v.gso_size = (uint16_t)(h->mtu - hdrlen);
+  v.hdr_len = (uint16_t)hdrlen;
+  v.csum_start = (uint16_t)ihl;
+  v.csum_offset = 16;
+  int segs = (len - hdrlen + v.gso_size - 1) / v.gso_size;
+  if (segs > SEG_ARENA / slot) return -1;
+  if (!h->seg_arena && !(h->seg_arena = malloc(SEG_ARENA))) return -1;
+  int32_t so[SEG_MAX], sl[SEG_MAX];
+  out_batch b = {.arena = h->seg_arena, .arena_len = SEG_ARENA, .headroom = 0,
+                 .slot_size = slot, .capacity = SEG_ARENA / slot, .offset = so, .length = sl, .count = 0};
+  int n = segment_into(p, len, &v, hdrlen, &b);
+  if (n <= 0) return -1;
+  h->counters[TC_SEGMENTED_WRITES]++;
+  uint8_t zero[VNET_HDR_LEN];
+  memset(zero, 0, sizeof zero);
+  int took = 0;
+  for (int k = 0; k < n; k++) {
+    uint8_t *d = h->seg_arena + so[k];
+    ssize_t r;
+    do {
+      if (h->vnet) {
+        struct iovec iov[2] = {{zero, VNET_HDR_LEN}, {d, (size_t)sl[k]}};
+        r = writev(h->fd, iov, 2);
+      } else {
+        r = write(h->fd, d, (size_t)sl[k]);
+      }
+    } while (r < 0 && errno == EINTR);
+    h->counters[TC_WRITES]++;
+    if (r < 0)
+      h->counters[errno == EAGAIN || errno == EWOULDBLOCK ? TC_EAGAIN : TC_ERRORS]++;
+    else
+      took++;
+  }
+  return took;
+}
+
 static napi_value js_tun_write(napi_env env, napi_callback_info info) {
   size_t argc = 5;
   napi_value argv[5];
@@ -1443,6 +1501,25 @@ static napi_value js_tun_write(napi_env env, napi_callback_info info) {
     }
     for (int j = i; j < i + n; j++) {
       if (!in_desc(&b, j, &p, &len)) continue;
+      if (!gro) {
+        int took = write_segmented(h, p, len);
+        if (took >= 0) {
+          if (took > 0) {
+            accepted++;
+            h->counters[TC_PACKETS_OUT]++;
+          }
+          continue;
+        }
+      }
+      if (!h->vnet && partial_csum_hdr(p, len, vh)) {
+        /* No vnet header to say NEEDS_CSUM with: complete the checksum here. */
+        vnet_hdr cv;
+        memset(&cv, 0, sizeof cv);
+        cv.csum_start = le16(vh + 6);
+        cv.csum_offset = le16(vh + 8);
+        complete_csum(p, len, &cv);
+        h->counters[TC_CSUM_PARTIAL_IN]++;
+      }
       ssize_t r;
       do {
         if (h->vnet) {
@@ -1899,16 +1976,15 @@ static uint8_t *jumbo_of(uint8_t *arena, size_t alen, int32_t off, int32_t len, 
  */
 static int send_segmented(weft_handle *h, uint8_t *arena, int32_t off, int32_t len, int32_t pkt_at,
                           const vnet_hdr *v, uint32_t addr, uint16_t port, int why) {
-  enum { SEG_SLOT = 2048, SEG_MAX = 64 };
   int encap = pkt_at - off;
   const uint8_t *pkt = arena + pkt_at;
   int plen = len - encap;
   int hdrlen = 0;
   int segs = gso_segments(pkt, plen, v, &hdrlen);
   if (segs <= 0 || segs > SEG_MAX || encap >= SEG_SLOT / 2) return 0;
-  if (!h->seg_arena && !(h->seg_arena = malloc((size_t)SEG_SLOT * SEG_MAX))) return 0;
+  if (!h->seg_arena && !(h->seg_arena = malloc(SEG_ARENA))) return 0;
   int32_t so[SEG_MAX], sl[SEG_MAX];
-  out_batch b = {.arena = h->seg_arena, .arena_len = (size_t)SEG_SLOT * SEG_MAX, .headroom = encap,
+  out_batch b = {.arena = h->seg_arena, .arena_len = SEG_ARENA, .headroom = encap,
                  .slot_size = SEG_SLOT, .capacity = SEG_MAX, .offset = so, .length = sl, .count = 0};
   int n = segment_into(pkt, plen, v, hdrlen, &b);
   if (n <= 0 || !ensure_msg_cap(h, (size_t)n, (size_t)n)) return 0;

@@ -59,12 +59,14 @@ export interface TunCounters {
   errors: number;
   dropped: number;
   pendingSuperPackets: number;
-  /** Packets written with NEEDS_CSUM because their sender left the checksum partial. */
+  /** Packets whose sender left the checksum partial: written with NEEDS_CSUM, or completed here without a vnet header. */
   partialCsumWrites: number;
   /** TCP packets larger than the MTU written whole as one GSO write. */
   gsoWrites: number;
   /** TCP super-packets handed up whole for a tunnel-GSO send instead of segmented. */
   wholeSuperPackets: number;
+  /** TCP packets larger than the MTU cut into segments before the write (TUN without GSO writes). */
+  segmentedWrites: number;
 }
 
 export interface UdpCounters {

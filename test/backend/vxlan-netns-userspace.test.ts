@@ -88,6 +88,24 @@ void describe('vxlan in network namespaces (userspace data plane)', () => {
     });
   });
 
+  void test("mixed, the userspace node without offloads: Linux vxlan's whole super-packets are cut before its TUN", async () => {
+    process.env.WEFT_TEST_OFFLOADS = '0';
+    try {
+      await withMixedCluster(async (c) => {
+        // Its TUN takes no vnet header: each whole datagram from B was segmented here, and
+        // B's partial checksums (small packets) were completed here.
+        const io = (await c.node(0).stats()) as { tunIo?: Record<string, number> };
+        assert.ok((io.tunIo?.['segmentedWrites'] ?? 0) > 0, `segmented: ${JSON.stringify(io.tunIo)}`);
+        assert.ok((io.tunIo?.['partialCsumWrites'] ?? 0) > 0, `completed: ${JSON.stringify(io.tunIo)}`);
+        assert.equal(io.tunIo?.['gsoWrites'], 0);
+        assert.equal(c.node(0).lease.attrs.backendData && typeof c.node(0).lease.attrs.backendData, 'object');
+        assert.equal((c.node(0).lease.attrs.backendData as Record<string, unknown>)['TunnelGSO'], undefined);
+      });
+    } finally {
+      delete process.env.WEFT_TEST_OFFLOADS;
+    }
+  });
+
   void test('mixed, the userspace node with tunnel GSO: Linux vxlan takes its whole super-packets', async () => {
     process.env.WEFT_TEST_TUNNEL_GSO = '1';
     try {

@@ -20,7 +20,15 @@ void test('an oversize TCP packet is written as GSO and arrives as valid MTU-siz
   );
   const r = JSON.parse(out.trim().split('\n').pop() as string) as Record<
     string,
-    { accepted: number; gsoWrites: number; sizes: number[]; checksOk: boolean[]; payloadIntact: boolean }
+    {
+      accepted: number;
+      gsoWrites: number;
+      segmentedWrites: number;
+      partialCsumWrites: number;
+      sizes: number[];
+      checksOk: boolean[];
+      payloadIntact: boolean;
+    }
   >;
   // 8000 bytes of payload at MTU 1400 (40 bytes of headers per segment): 5 x 1360 + 1200.
   for (const kind of ['partial', 'complete']) {
@@ -35,4 +43,26 @@ void test('an oversize TCP packet is written as GSO and arrives as valid MTU-siz
     );
     assert.ok(x.payloadIntact, `${kind}: the segments carry the payload, in order`);
   }
+  // A TUN without a vnet header (offloads off) cannot take GSO: the addon cuts the packet
+  // into the same segments itself, and completes a small packet's partial checksum.
+  for (const kind of ['plainPartial', 'plainComplete']) {
+    const x = r[kind];
+    assert.ok(x, kind);
+    assert.equal(x.accepted, 1, `${kind}: the write counts once`);
+    assert.equal(x.gsoWrites, 0, kind);
+    assert.equal(x.segmentedWrites, 1, `${kind}: segmented by the addon`);
+    assert.deepEqual(x.sizes, [1400, 1400, 1400, 1400, 1400, 1240], `${kind}: MTU-sized segments`);
+    assert.ok(
+      x.checksOk.every((ok) => ok),
+      `${kind}: checksums verify: ${JSON.stringify(x.checksOk)}`,
+    );
+    assert.ok(x.payloadIntact, `${kind}: payload intact, in order`);
+  }
+  const small = r['plainSmallPartial'];
+  assert.ok(small);
+  assert.equal(small.segmentedWrites, 0);
+  assert.equal(small.partialCsumWrites, 1, 'the partial checksum was completed');
+  assert.deepEqual(small.sizes, [640]);
+  assert.deepEqual(small.checksOk, [true]);
+  assert.ok(small.payloadIntact);
 });
