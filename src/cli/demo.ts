@@ -106,6 +106,7 @@ interface StatusJson {
   backendStats?: {
     counters?: Record<string, number>;
     drops?: Record<string, number>;
+    connIo?: Record<string, number>;
   };
 }
 
@@ -124,6 +125,7 @@ async function dataPathCounters(cluster: Cluster, node: ClusterNode): Promise<st
       cell('tunReadPackets'),
       cell('recvBatches'),
       cell('recvPackets'),
+      String(st.connIo?.['tunnelWrites'] ?? '-'),
       drops.length ? drops.map(([k, v]) => `${k}=${v}`).join(' ') : '0',
     ];
   } catch {
@@ -243,6 +245,9 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
           `   path: pod eth0 -> cni0 -> ${WEFT_TUN} (TUN) -> weftd on ${n1.name}: route, wrap in UDP to ${n2.underlayIp}:8285`,
         );
         say(`         -> underlay -> weftd on ${n2.name}: unwrap, check -> ${WEFT_TUN} -> cni0 -> pod eth0`);
+        say(
+          `         (tunnel GSO: a whole 64 KiB TCP super-packet at a time goes out through ${WEFT_TUN}-gso, and the kernel cuts it into those datagrams)`,
+        );
       }
       try {
         const r = await cluster.iperf(a, b, opts.duration);
@@ -255,9 +260,11 @@ export async function runDemo(opts: DemoOptions, io: CliIo): Promise<number> {
     }
 
     if (opts.backend === 'udp') {
-      say('7. What the data path counted (weftd GET /status; one syscall moves a whole batch):');
+      say(
+        '7. What the data path counted (weftd GET /status; one syscall moves a whole batch; "whole to TAP": super-packets sent by tunnel GSO):',
+      );
       const rows: string[][] = [
-        ['node', 'TUN reads', 'pkts from TUN', 'UDP recv calls', 'datagrams in', 'drops'],
+        ['node', 'TUN reads', 'pkts from TUN', 'UDP recv calls', 'datagrams in', 'whole to TAP', 'drops'],
       ];
       for (const n of cluster.nodes) {
         const st = await dataPathCounters(cluster, n);

@@ -125,6 +125,8 @@ void test('weft demo --nodes 2: leases, a full ping matrix and a throughput figu
     assert.match(row, /\d+\.\d{3}/);
   }
   assert.match(r.out, /\d+\.\d\d Gbit\/s/);
+  // n1 sent the iperf3 stream: whole super-packets through its tunnel-GSO TAP (the default).
+  assert.match(r.out, /^\s+n1\s+\d+\s+\d+\s+\d+\s+\d+\s+[1-9]\d*\s+/m);
   assert.match(r.out, /Result: every pod reached every pod/);
   assert.deepEqual(traces(prefix), []);
   assert.equal(rootSnapshot(), before);
