@@ -1755,6 +1755,17 @@ static napi_value js_udp_attach_steering(napi_env env, napi_callback_info info) 
   return NULL;
 }
 
+/* A device ioctl (SIOC*IF*) through a throwaway socket; -1 with errno as the ioctl left it. */
+static int ifreq_ioctl(unsigned long req, struct ifreq *ifr) {
+  int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (s < 0) return -1;
+  int r = ioctl(s, req, ifr);
+  int e = errno;
+  close(s);
+  errno = e;
+  return r;
+}
+
 /*
  * tapOpen(name, mac?) -> { handle, name, mac } : a TAP device for tunnel-GSO sends (see
  * TUN_F_UDP_TUNNEL_GSO above), with hardware address `mac` ("aa:bb:cc:dd:ee:ff") when given
@@ -1810,19 +1821,11 @@ static napi_value js_tap_open(napi_env env, napi_callback_info info) {
     struct ifreq w = ifr;
     w.ifr_hwaddr.sa_family = 1; /* ARPHRD_ETHER */
     for (int k = 0; k < 6; k++) w.ifr_hwaddr.sa_data[k] = (char)want[k];
-    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    r = s < 0 ? -1 : ioctl(s, SIOCSIFHWADDR, &w);
-    int e = errno;
-    if (s >= 0) close(s);
-    errno = e;
+    r = ifreq_ioctl(SIOCSIFHWADDR, &w);
   }
   if (r == 0) {
     what = "SIOCGIFHWADDR";
-    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    r = s < 0 ? -1 : ioctl(s, SIOCGIFHWADDR, &ifr);
-    int e = errno;
-    if (s >= 0) close(s);
-    errno = e;
+    r = ifreq_ioctl(SIOCGIFHWADDR, &ifr);
     if (r == 0) memcpy(mac, ifr.ifr_hwaddr.sa_data, 6);
   }
   if (r < 0) {

@@ -14,7 +14,8 @@ import { createVxlanBackend } from '../../src/backend/vxlan/vxlan.ts';
 import { isUsableMac, loadOrCreateVtepMac, randomVtepMac } from '../../src/backend/vxlan/vtep-mac.ts';
 import type { VxlanDataplane } from '../../src/backend/vxlan/dataplane.ts';
 import type { VxlanPeerPlan } from '../../src/backend/vxlan/plan.ts';
-import { planVxlanPeer, samePlan } from '../../src/backend/vxlan/plan.ts';
+import { macBytes, planVxlanPeer, samePlan } from '../../src/backend/vxlan/plan.ts';
+import { sameAsPeer } from '../../src/backend/vxlan/userspace-plane.ts';
 import { ConfigError } from '../../src/util/errors.ts';
 import { context, lease } from './fixtures/context.ts';
 
@@ -51,7 +52,7 @@ void test('prepare publishes flannel BackendData (plus TunnelGSO) and MTU underl
   await b.stop();
 });
 
-void test('a peer plan says whether the peer takes whole tunnel-GSO datagrams; a change replans it', () => {
+void test('a peer plan says whether the peer takes whole tunnel-GSO datagrams; only the forwarder peer depends on it', () => {
   const ctx = { dev: 'weft.1', underlay: 'eth0', vni: 1, directRouting: false, connected: [] };
   const plan = (data: unknown): VxlanPeerPlan => {
     const r = planVxlanPeer(lease('10.5.2.0/24', '198.18.0.2', 'vxlan', data), ctx);
@@ -62,8 +63,14 @@ void test('a peer plan says whether the peer takes whole tunnel-GSO datagrams; a
   const weft = plan({ VNI: 1, VtepMAC: MAC_B, TunnelGSO: true });
   assert.equal(flannel.tunnelGso, false);
   assert.equal(weft.tunnelGso, true);
-  assert.equal(samePlan(flannel, weft), false);
-  assert.equal(samePlan(weft, plan({ VNI: 1, VtepMAC: MAC_B, TunnelGSO: true })), true);
+  assert.equal(samePlan(flannel, weft), true, 'the same kernel state');
+  // The userspace plane replaces its forwarder peer when the flag changes.
+  const peer = { id: 0, subnet: weft.subnet, publicIp: weft.publicIp, port: 0, leaseKey: weft.key };
+  const asPeer = (p: VxlanPeerPlan, tunnelGso: boolean) => ({ ...peer, vtepMac: macBytes(p.mac), tunnelGso });
+  assert.equal(sameAsPeer(weft, asPeer(weft, true)), true);
+  assert.equal(sameAsPeer(weft, asPeer(weft, false)), false);
+  assert.equal(sameAsPeer(flannel, asPeer(flannel, true)), false);
+  assert.equal(sameAsPeer(flannel, { ...peer, vtepMac: macBytes(flannel.mac) }), true, 'absent = no');
 });
 
 void test('device creation: exact operations, as flannel', async () => {
@@ -107,6 +114,25 @@ void test('peer add and remove: neighbour, FDB, onlink route, then the reverse',
   assert.deepEqual(await k.listNeighs('weft.1'), []);
   assert.deepEqual(await k.listFdb('weft.1'), []);
   assert.equal(b.stats()['peers'], 0);
+  await b.stop();
+});
+
+void test('a peer whose lease only starts or stops saying TunnelGSO changes nothing in the kernel', async () => {
+  const k = kernelWithUnderlay();
+  const { b } = await started({}, k);
+  b.applyPeers([
+    { type: 'added', lease: lease('10.5.2.0/24', '198.18.0.2', 'vxlan', { VNI: 1, VtepMAC: MAC_B }) },
+  ]);
+  await b.settled();
+  k.clearOps();
+  b.applyPeers([
+    {
+      type: 'added',
+      lease: lease('10.5.2.0/24', '198.18.0.2', 'vxlan', { VNI: 1, VtepMAC: MAC_B, TunnelGSO: true }),
+    },
+  ]);
+  await b.settled();
+  assert.deepEqual(k.ops, [], 'route, neighbour and FDB entry stay as they are');
   await b.stop();
 });
 

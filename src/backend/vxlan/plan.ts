@@ -71,14 +71,17 @@ export function planVxlanPeer(lease: Lease, ctx: VxlanPlanContext): PlanResult {
   return { plan: { key: cidrToKey(lease.subnet), subnet: lease.subnet, publicIp, mac, direct, tunnelGso } };
 }
 
+/**
+ * Whether two plans need the same kernel state (route, neighbour, FDB entry). tunnelGso is
+ * not part of it: only the userspace forwarder's peer depends on it (sameAsPeer there).
+ */
 export function samePlan(a: VxlanPeerPlan, b: VxlanPeerPlan): boolean {
   return (
     a.subnet.addr === b.subnet.addr &&
     a.subnet.prefix === b.subnet.prefix &&
     a.publicIp === b.publicIp &&
     a.mac === b.mac &&
-    a.direct === b.direct &&
-    a.tunnelGso === b.tunnelGso
+    a.direct === b.direct
   );
 }
 

@@ -320,7 +320,8 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
   }
 }
 
-function sameAsPeer(p: VxlanPeerPlan, peer: Peer): boolean {
+/** Whether the forwarder's `peer` already is what plan `p` asks for (tunnelGso included). */
+export function sameAsPeer(p: VxlanPeerPlan, peer: Peer): boolean {
   return (
     p.publicIp === peer.publicIp &&
     p.subnet.addr === peer.subnet.addr &&
