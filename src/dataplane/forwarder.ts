@@ -21,7 +21,9 @@
  * readiness handler has moved a few packets (BUSY_POLL_SMALL: latency-bound traffic, not
  * bulk), the forwarder keeps checking both devices for up to busyPollUs (yielding the CPU
  * between checks) and handles whatever arrives without going back to sleep; a window that
- * finds nothing, or a bulk turn, ends the session. A session is bounded
+ * finds nothing, or a bulk turn, ends the session; after a bulk turn in either direction
+ * there are no windows for BUSY_POLL_BULK_QUIET_MS (a stream's ACKs are small turns, and
+ * spinning between its super-packets only takes CPU from it). A session is bounded
  * (BUSY_POLL_MAX_ROUNDS windows of small turns, BUSY_POLL_MAX_MS of waiting) so timers and
  * I/O of the rest of the daemon still run; level-triggered readiness picks up whatever is
  * left. Windows that find nothing are capped at BUSY_POLL_BUDGET of wall time; turns over
@@ -126,6 +128,18 @@ const BUSY_POLL_MAX_MS = 2;
 const BUSY_POLL_SMALL = 8;
 /** At most this share of wall time (per second) is spent in busy-poll windows that find nothing. */
 const BUSY_POLL_BUDGET = 0.1;
+/**
+ * No busy poll for this long after a bulk turn in either direction. A TCP stream's small
+ * turns are its ACKs going the other way, and the window after each of them mostly ends
+ * in the stream's next super-packet, ~60 µs later: a hit, so the budget never stops it,
+ * but every one of those spins (a poll and a sched_yield per check) is CPU taken from the
+ * stream's own processes. Measured on the project's machine kind (system calls ~1 µs,
+ * page-table isolation without PCID): a receiving weftd made 53% of its system calls in
+ * such windows, one-stream TCP lost ~10% and CPU per Gbit rose ~35% against no busy
+ * polling (docs/performance.md). Request/response traffic has no bulk turns and keeps
+ * its windows.
+ */
+export const BUSY_POLL_BULK_QUIET_MS = 2;
 
 /** udp keepalive payload: "\0WKA" (too short for IPv4, version nibble 0). */
 export const UDP_KEEPALIVE = Buffer.from([0x00, 0x57, 0x4b, 0x41]);
@@ -199,6 +213,8 @@ export class Forwarder {
   private polling = false;
   /** Size of the current readiness turn (or busy-poll round): packets + 2 KiB units of bytes. */
   private moved = 0;
+  /** No busy poll before this time (the poller's clock, ms): bulk traffic is flowing. */
+  private bulkQuietUntil = 0;
   /** Busy-poll budget: start of the current one-second epoch, and ms spent waiting in it. */
   private spinEpoch = 0;
   private spinSpentMs = 0;
@@ -256,12 +272,12 @@ export class Forwarder {
     this.onTun = () => {
       this.moved = 0;
       this.onTunReadable();
-      if (this.moved <= BUSY_POLL_SMALL) this.busyPoll();
+      this.afterTurn();
     };
     this.onConn = () => {
       this.moved = 0;
       this.onConnReadable();
-      if (this.moved <= BUSY_POLL_SMALL) this.busyPoll();
+      this.afterTurn();
     };
     this.continueTun = () => {
       this.tunPending = false;
@@ -448,6 +464,26 @@ export class Forwarder {
   }
 
   /**
+   * After a readiness turn: a bulk turn starts (or extends) a quiet period without busy
+   * polling; a small turn outside one starts a busy-poll session.
+   */
+  private afterTurn(): void {
+    const poller = this.poller;
+    if (poller === undefined || this.polling || !this.isRunning) return;
+    poller.wait(0); // only reads the clock (no system call): the budget's epoch needs it fresh too
+    const now = poller.clock[0] as number;
+    if (this.moved > BUSY_POLL_SMALL) {
+      this.bulkQuietUntil = now + BUSY_POLL_BULK_QUIET_MS;
+      return;
+    }
+    if (now < this.bulkQuietUntil) {
+      (this.stats.counters[Counter.busyPollBulk] as number)++;
+      return;
+    }
+    this.busyPoll();
+  }
+
+  /**
    * One busy-poll session (see the header): windows of busyPollUs until one finds nothing,
    * or the session's bounds are reached. Re-entry (a handler called from inside) is a no-op.
    */
@@ -489,7 +525,12 @@ export class Forwarder {
         this.moved = 0;
         if ((ready & BusyPollReady.tun) !== 0) this.onTunReadable();
         if ((ready & BusyPollReady.conn) !== 0) this.onConnReadable();
-        if (this.moved > BUSY_POLL_SMALL || waitedMs >= BUSY_POLL_MAX_MS) return;
+        if (this.moved > BUSY_POLL_SMALL) {
+          // The window found bulk traffic: the quiet period starts (see afterTurn).
+          this.bulkQuietUntil = (clock[0] as number) + BUSY_POLL_BULK_QUIET_MS;
+          return;
+        }
+        if (waitedMs >= BUSY_POLL_MAX_MS) return;
       }
     } finally {
       this.polling = false;

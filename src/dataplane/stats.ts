@@ -33,9 +33,11 @@ export const Counter = {
   busyPollMisses: 14,
   /** Turns after which empty busy-poll windows had already used their budget (10% of wall time). */
   busyPollSkipped: 15,
+  /** Small turns after which no window ran because bulk traffic was flowing (BUSY_POLL_BULK_QUIET_MS). */
+  busyPollBulk: 16,
 } as const;
 export type Counter = (typeof Counter)[keyof typeof Counter];
-const COUNTER_COUNT = 16;
+const COUNTER_COUNT = 17;
 const COUNTER_NAMES: readonly string[] = (() => {
   const names = new Array<string>(COUNTER_COUNT).fill('');
   for (const [name, i] of Object.entries(Counter)) names[i] = name;

@@ -209,7 +209,7 @@ export function createMetrics(src: MetricsSources): Registry {
   });
   new Counter({
     name: 'weft_dataplane_busy_poll_total',
-    help: 'Busy-poll windows after small turns (weftd --busy-poll-us), by outcome (hit: traffic handled without sleeping, miss: the window ran out, skipped: empty windows already used 10% of the last second)',
+    help: 'Busy-poll windows after small turns (weftd --busy-poll-us), by outcome (hit: traffic handled without sleeping, miss: the window ran out, skipped: empty windows already used 10% of the last second, bulk: none after a small turn while bulk traffic flows)',
     labelNames: ['outcome'],
     registers: r,
     collect() {
@@ -219,6 +219,7 @@ export function createMetrics(src: MetricsSources): Registry {
       setCounter(this, { outcome: 'hit' }, c.busyPollHits ?? 0);
       setCounter(this, { outcome: 'miss' }, c.busyPollMisses ?? 0);
       setCounter(this, { outcome: 'skipped' }, c.busyPollSkipped ?? 0);
+      setCounter(this, { outcome: 'bulk' }, c.busyPollBulk ?? 0);
     },
   });
   new Counter({
