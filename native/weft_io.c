@@ -1894,6 +1894,54 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/*
+ * Where the UDP GSO run of datagrams starting at i (lengths len[], candidates up to lim)
+ * ends: datagrams of len[i] bytes, the last one possibly shorter, at most UDP_GSO_MAX_SEGS
+ * of them and UDP_GSO_MAX_BYTES in all.
+ */
+static int gso_run_end(const int32_t *len, int i, int lim) {
+  int j = i + 1;
+  int total = len[i];
+  while (j < lim && j - i < UDP_GSO_MAX_SEGS && len[j] > 0 && len[j] <= len[i] && total + len[j] <= UDP_GSO_MAX_BYTES) {
+    total += len[j];
+    j++;
+    if (len[j - 1] < len[i]) break;
+  }
+  return j;
+}
+
+/*
+ * Message m of h->msgs: the datagrams in h->msg_iov[iov0, iov0 + n) to addr:port, one
+ * UDP_SEGMENT message (segment size = the first datagram's length) when n > 1.
+ */
+static void put_msg(weft_handle *h, int m, int iov0, int n, uint32_t addr, uint16_t port) {
+  struct mmsghdr *mh = &h->msgs[m];
+  struct sockaddr_in *sa = &h->names[m];
+  memset(sa, 0, sizeof *sa);
+  sa->sin_family = AF_INET;
+  sa->sin_port = htons(port);
+  sa->sin_addr.s_addr = htonl(addr);
+  memset(&mh->msg_hdr, 0, sizeof mh->msg_hdr);
+  mh->msg_hdr.msg_name = sa;
+  mh->msg_hdr.msg_namelen = sizeof *sa;
+  mh->msg_hdr.msg_iov = &h->msg_iov[iov0];
+  mh->msg_hdr.msg_iovlen = (size_t)n;
+  if (n > 1) {
+    uint8_t *c = h->ctrl + (size_t)m * CTRL_SPACE;
+    memset(c, 0, CMSG_SPACE(sizeof(uint16_t)));
+    mh->msg_hdr.msg_control = c;
+    mh->msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mh->msg_hdr);
+    cm->cmsg_level = SOL_UDP;
+    cm->cmsg_type = UDP_SEGMENT;
+    cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+    uint16_t seg = (uint16_t)h->msg_iov[iov0].iov_len;
+    memcpy(CMSG_DATA(cm), &seg, sizeof seg);
+    h->counters[UC_GSO_MESSAGES]++;
+  }
+  mh->msg_len = (unsigned)n; /* datagrams in this message, until sendmmsg overwrites it */
+}
+
 /* Sends messages [0, nmsg) built in h->msgs; returns datagrams sent. */
 static int send_msgs(weft_handle *h, int nmsg) {
   int sent = 0, done = 0;
@@ -1995,21 +2043,18 @@ static int send_segmented(weft_handle *h, uint8_t *arena, int32_t off, int32_t l
   for (int k = 0; k < n; k++) {
     uint8_t *d = h->seg_arena + so[k] - encap;
     memcpy(d, arena + off, (size_t)encap);
-    struct mmsghdr *m = &h->msgs[k];
-    struct sockaddr_in *sa = &h->names[k];
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons(port);
-    sa->sin_addr.s_addr = htonl(addr);
-    memset(&m->msg_hdr, 0, sizeof m->msg_hdr);
-    m->msg_hdr.msg_name = sa;
-    m->msg_hdr.msg_namelen = sizeof *sa;
+    sl[k] += encap;
     h->msg_iov[k].iov_base = d;
-    h->msg_iov[k].iov_len = (size_t)(sl[k] + encap);
-    m->msg_hdr.msg_iov = &h->msg_iov[k];
-    m->msg_hdr.msg_iovlen = 1;
+    h->msg_iov[k].iov_len = (size_t)sl[k];
   }
-  return send_msgs(h, n) == n ? 1 : 0;
+  /* Equal-sized datagrams (all but the last) go out as UDP GSO messages, like any batch. */
+  int nmsg = 0;
+  for (int k = 0; k < n;) {
+    int e = h->gso ? gso_run_end(sl, k, n) : k + 1;
+    put_msg(h, nmsg++, k, e - k, addr, port);
+    k = e;
+  }
+  return send_msgs(h, nmsg) == n ? 1 : 0;
 }
 
 /* One whole super-packet (its encapsulation header in front) as one tunnel-GSO TAP write. */
@@ -2107,7 +2152,6 @@ static napi_value js_udp_send(napi_env env, napi_callback_info info) {
 
   /* Build messages: runs of same destination and size (last may be shorter) -> one GSO message. */
   int nmsg = 0, niov = 0;
-  /* first descriptor and datagram count of each message, kept in the msghdr's spare fields */
   int i = 0, sent = 0;
   while (i < count) {
     if (off[i] < 0 || len[i] <= 0 || (size_t)off[i] + (size_t)len[i] > alen) {
@@ -2130,48 +2174,20 @@ static napi_value js_udp_send(napi_env env, napi_callback_info info) {
       i++;
       continue;
     }
-    int j = i + 1;
-    int total = len[i];
+    /* The descriptors that may share a message with i: same destination, inside the arena. */
+    int lim = i + 1;
     if (h->gso) {
-      while (j < count && j - i < UDP_GSO_MAX_SEGS && addr[j] == addr[i] && port[j] == port[i] &&
-             len[j] > 0 && len[j] <= len[i] && off[j] >= 0 && (size_t)off[j] + (size_t)len[j] <= alen &&
-             total + len[j] <= UDP_GSO_MAX_BYTES) {
-        total += len[j];
-        j++;
-        if (len[j - 1] < len[i]) break;
-      }
+      while (lim < count && lim - i < UDP_GSO_MAX_SEGS && addr[lim] == addr[i] && port[lim] == port[i] &&
+             off[lim] >= 0 && len[lim] > 0 && (size_t)off[lim] + (size_t)len[lim] <= alen)
+        lim++;
     }
-    struct mmsghdr *m = &h->msgs[nmsg];
-    struct sockaddr_in *sa = &h->names[nmsg];
-    memset(sa, 0, sizeof *sa);
-    sa->sin_family = AF_INET;
-    sa->sin_port = htons(port[i]);
-    sa->sin_addr.s_addr = htonl(addr[i]);
-    memset(&m->msg_hdr, 0, sizeof m->msg_hdr);
-    m->msg_hdr.msg_name = sa;
-    m->msg_hdr.msg_namelen = sizeof *sa;
-    m->msg_hdr.msg_iov = &h->msg_iov[niov];
-    m->msg_hdr.msg_iovlen = (size_t)(j - i);
+    int j = gso_run_end(len, i, lim);
     for (int k = i; k < j; k++) {
-      h->msg_iov[niov].iov_base = arena + off[k];
-      h->msg_iov[niov].iov_len = (size_t)len[k];
-      niov++;
+      h->msg_iov[niov + k - i].iov_base = arena + off[k];
+      h->msg_iov[niov + k - i].iov_len = (size_t)len[k];
     }
-    if (j - i > 1) {
-      uint8_t *c = h->ctrl + (size_t)nmsg * CTRL_SPACE;
-      memset(c, 0, CMSG_SPACE(sizeof(uint16_t)));
-      m->msg_hdr.msg_control = c;
-      m->msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t));
-      struct cmsghdr *cm = CMSG_FIRSTHDR(&m->msg_hdr);
-      cm->cmsg_level = SOL_UDP;
-      cm->cmsg_type = UDP_SEGMENT;
-      cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-      uint16_t seg = (uint16_t)len[i];
-      memcpy(CMSG_DATA(cm), &seg, sizeof seg);
-      h->counters[UC_GSO_MESSAGES]++;
-    }
-    m->msg_len = (unsigned)(j - i); /* datagrams in this message, until sendmmsg overwrites it */
-    nmsg++;
+    put_msg(h, nmsg++, niov, j - i, addr[i], port[i]);
+    niov += j - i;
     i = j;
   }
 

@@ -134,6 +134,11 @@ void test('a flannel udp peer (no "TunnelGSO" in its lease) gets ordinary datagr
   const s = await io(cluster, n1);
   assert.ok((s.tunIo['wholeSuperPackets'] ?? 0) > 0, JSON.stringify(s.tunIo));
   assert.ok((s.connIo['tunnelPeerSegmented'] ?? 0) > 0, JSON.stringify(s.connIo));
+  // ... as UDP GSO messages: at least one per super-packet.
+  assert.ok(
+    (s.connIo['gsoMessages'] ?? 0) >= (s.connIo['tunnelPeerSegmented'] ?? 0),
+    `segmented super-packets go out as GSO messages: ${JSON.stringify(s.connIo)}`,
+  );
   assert.equal(s.connIo['tunnelWrites'], 0, 'nothing went whole to a peer that cannot take it');
   assert.equal(s.connIo['tunnelAttached'], 1, 'the TAP stays for peers that can');
   const st = JSON.parse((await cluster.httpGet(n1, '/status')).stdout) as {
@@ -213,6 +218,10 @@ void test('--tunnel-gso: the TAP deleted under a running weftd, the socket segme
   const s = await io(cluster, n1);
   assert.ok((s.connIo['tunnelErrors'] ?? 0) >= 1, JSON.stringify(s.connIo));
   assert.ok((s.connIo['tunnelFallbacks'] ?? 0) > 0, JSON.stringify(s.connIo));
+  // Segmented in the socket as UDP GSO messages, one or two per super-packet (they went
+  // out one datagram per message before, at a third of the speed).
+  const perMessage = (s.connIo['datagramsOut'] ?? 0) / Math.max(1, s.connIo['messagesOut'] ?? 0);
+  assert.ok(perMessage >= 10, `datagrams per message ${perMessage.toFixed(1)}: ${JSON.stringify(s.connIo)}`);
   assert.ok(n1.weftd?.child.exitCode === null, 'weftd keeps running');
 });
 
