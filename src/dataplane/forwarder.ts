@@ -112,6 +112,12 @@ export interface ForwarderOptions {
  * BUSY_POLL_BUDGET caps what it can cost when small packets arrive just too slowly to hit.
  */
 export const DEFAULT_BUSY_POLL_US = 100;
+/**
+ * Indexes of Forwarder.pollTimes: the start of the budget's current one-second epoch (the
+ * first window starts one: the poller's clock may start anywhere), the ms that empty
+ * windows took in it, and the end of the quiet period after bulk traffic.
+ */
+const Poll = { epoch: 0, spent: 1, quietUntil: 2 } as const;
 /** Upper bound of busyPollUs (a window longer than this is a spinning daemon, not a window). */
 export const MAX_BUSY_POLL_US = 10_000;
 /** Windows per busy-poll session, and the time its windows may wait in all, before the event loop runs. */
@@ -213,11 +219,14 @@ export class Forwarder {
   private polling = false;
   /** Size of the current readiness turn (or busy-poll round): packets + 2 KiB units of bytes. */
   private moved = 0;
-  /** No busy poll before this time (the poller's clock, ms): bulk traffic is flowing. */
-  private bulkQuietUntil = 0;
-  /** Busy-poll budget: start of the current one-second epoch, and ms spent waiting in it. */
-  private spinEpoch = 0;
-  private spinSpentMs = 0;
+  /**
+   * Busy-poll bookkeeping, in ms of the poller's clock (see the Poll indexes): kept in a
+   * typed array, where a value never changes a field's representation. Plain fields would
+   * start as small integers and turn into doubles at the first fraction of a millisecond,
+   * which invalidates the JIT's code for the whole loop (measured: deoptimised several
+   * times over a few million packets, allocating while it ran unoptimised).
+   */
+  private readonly pollTimes = Float64Array.of(Number.NEGATIVE_INFINITY, 0, 0);
   private isRunning = false;
 
   /** Keepalive interval (ms, 0 = off), datagram, its send batch and counters. */
@@ -473,10 +482,10 @@ export class Forwarder {
     poller.wait(0); // only reads the clock (no system call): the budget's epoch needs it fresh too
     const now = poller.clock[0] as number;
     if (this.moved > BUSY_POLL_SMALL) {
-      this.bulkQuietUntil = now + BUSY_POLL_BULK_QUIET_MS;
+      this.pollTimes[Poll.quietUntil] = now + BUSY_POLL_BULK_QUIET_MS;
       return;
     }
-    if (now < this.bulkQuietUntil) {
+    if (now < (this.pollTimes[Poll.quietUntil] as number)) {
       (this.stats.counters[Counter.busyPollBulk] as number)++;
       return;
     }
@@ -494,18 +503,19 @@ export class Forwarder {
     // The poller's clock (written by each wait, allocation-free): the time the last window
     // ended, fresh enough to start a new one-second epoch of the budget.
     const clock = poller.clock;
-    if ((clock[0] as number) - this.spinEpoch >= 1000) {
-      this.spinEpoch = clock[0] as number;
-      this.spinSpentMs = 0;
+    const t = this.pollTimes;
+    if ((clock[0] as number) - (t[Poll.epoch] as number) >= 1000) {
+      t[Poll.epoch] = clock[0] as number;
+      t[Poll.spent] = 0;
     }
-    if (this.spinSpentMs >= 1000 * BUSY_POLL_BUDGET) {
+    if ((t[Poll.spent] as number) >= 1000 * BUSY_POLL_BUDGET) {
       poller.wait(0); // only reads the clock: has the epoch run out since the last window?
-      if ((clock[0] as number) - this.spinEpoch < 1000) {
+      if ((clock[0] as number) - (t[Poll.epoch] as number) < 1000) {
         (counters[Counter.busyPollSkipped] as number)++;
         return;
       }
-      this.spinEpoch = clock[0] as number;
-      this.spinSpentMs = 0;
+      t[Poll.epoch] = clock[0] as number;
+      t[Poll.spent] = 0;
     }
     this.polling = true;
     let waitedMs = 0;
@@ -517,7 +527,7 @@ export class Forwarder {
         if (ready === 0) {
           // Only windows that found nothing count against the budget: a hit handled
           // traffic that would otherwise have cost a sleep and a wake-up.
-          this.spinSpentMs += took;
+          (t[Poll.spent] as number) += took;
           (counters[Counter.busyPollMisses] as number)++;
           return;
         }
@@ -527,7 +537,7 @@ export class Forwarder {
         if ((ready & BusyPollReady.conn) !== 0) this.onConnReadable();
         if (this.moved > BUSY_POLL_SMALL) {
           // The window found bulk traffic: the quiet period starts (see afterTurn).
-          this.bulkQuietUntil = (clock[0] as number) + BUSY_POLL_BULK_QUIET_MS;
+          t[Poll.quietUntil] = (clock[0] as number) + BUSY_POLL_BULK_QUIET_MS;
           return;
         }
         if (waitedMs >= BUSY_POLL_MAX_MS) return;
