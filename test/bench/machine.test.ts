@@ -1,0 +1,31 @@
+// bench/machine.ts: the PTI facts read from sysfs and cpuinfo, and the line the bench prints.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { describeCosts, machineCosts, pcidFromCpuinfo, ptiFromMeltdown } from '../../bench/machine.ts';
+
+void test('page-table isolation and PCID from their kernel texts', () => {
+  assert.equal(ptiFromMeltdown('Mitigation: PTI\n'), 'on');
+  assert.equal(ptiFromMeltdown('Not affected\n'), 'off');
+  assert.equal(ptiFromMeltdown('Vulnerable\n'), 'off');
+  assert.equal(ptiFromMeltdown(undefined), 'unknown');
+  assert.equal(ptiFromMeltdown('something new'), 'unknown');
+  const cpuinfo = (flags: string): string =>
+    `processor\t: 0\nmodel name\t: X\nflags\t\t: ${flags}\n\nprocessor\t: 1\n`;
+  assert.equal(pcidFromCpuinfo(cpuinfo('fpu vme pse pcid invpcid avx2')), true);
+  assert.equal(pcidFromCpuinfo(cpuinfo('fpu vme pse avx2 pti')), false);
+  assert.equal(pcidFromCpuinfo('processor : 0\n'), undefined);
+  assert.equal(pcidFromCpuinfo(undefined), undefined);
+});
+
+void test('the cost line: measured here, and said plainly', () => {
+  const c = machineCosts();
+  assert.ok(c.systemCallUs > 0 && c.systemCallUs < 1000, `a system call took ${c.systemCallUs} µs`);
+  assert.match(
+    describeCosts({ systemCallUs: 1.72, pageTableIsolation: 'on', pcid: false }),
+    /^a system call from Node costs 1\.72 µs here \(page-table isolation on and no PCID, so/,
+  );
+  assert.match(
+    describeCosts({ systemCallUs: 0.1, pageTableIsolation: 'off', pcid: true }),
+    /0\.10 µs here \(no page-table isolation\)/,
+  );
+});
