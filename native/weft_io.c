@@ -147,16 +147,18 @@ enum {
   UC_DROPPED,
   UC_TUNNEL_WRITES,    /* super-packets written to the tunnel-GSO TAP */
   UC_TUNNEL_ERRORS,    /* failed TAP writes (the TAP is then detached) */
-  UC_TUNNEL_FALLBACKS, /* whole super-packets segmented here because no TAP was attached */
+  UC_TUNNEL_FALLBACKS, /* whole super-packets segmented here because the TAP failed or was detached */
   UC_TUNNEL_BYTES,     /* bytes written to the TAP, outer headers included */
   UC_TUNNEL_PEER_SEGMENTED, /* whole super-packets segmented here because their peer does not
                                take tunnel-GSO datagrams (the caller did not mark them whole) */
+  UC_TUNNEL_OFF,       /* whole super-packets segmented here because no TAP was ever attached
+                          (tunnel GSO is off, or this node cannot use it) */
   UC_COUNT
 };
 static const char *const udp_counter_names[UC_COUNT] = {
     "recvCalls",  "messagesIn", "datagramsIn", "groMessages", "sendCalls", "messagesOut", "datagramsOut",
     "gsoMessages", "eagain",    "sendWaits",   "errors",      "truncated", "dropped",
-    "tunnelWrites", "tunnelErrors", "tunnelFallbacks", "tunnelBytes", "tunnelPeerSegmented"};
+    "tunnelWrites", "tunnelErrors", "tunnelFallbacks", "tunnelBytes", "tunnelPeerSegmented", "tunnelOff"};
 
 /* ------------------------------------------------------------------ handle */
 
@@ -207,6 +209,7 @@ struct weft_handle {
   size_t msg_cap;
   size_t iov_cap;
   int tap_fd;    /* a dup of the tunnel-GSO TAP's fd, or -1 */
+  int tap_lost;  /* a TAP was attached and is gone (failed or detached): segmenting is a fallback */
   uint8_t tap_mac[6];
   uint16_t ip_id;
   uint8_t *seg_arena; /* fallback segmentation of whole super-packets (no TAP) */
@@ -1767,20 +1770,23 @@ static int ifreq_ioctl(unsigned long req, struct ifreq *ifr) {
 }
 
 /*
- * tapOpen(name, mac?) -> { handle, name, mac } : a TAP device for tunnel-GSO sends (see
+ * tapOpen(name, mac?, multiQueue?) -> { handle, name, mac } : a TAP device for tunnel-GSO sends (see
  * TUN_F_UDP_TUNNEL_GSO above), with hardware address `mac` ("aa:bb:cc:dd:ee:ff") when given
  * (a restarted daemon's TAP then looks like the one before). Throws with the errno when the
  * kernel refuses the tunnel offload (EINVAL before 6.17), so the caller can fall back to
- * segmenting in userspace.
+ * segmenting in userspace. multiQueue (IFF_MULTI_QUEUE): each forwarding thread opens its
+ * own queue of the same device by name (only the first open sets the address).
  */
 static napi_value js_tap_open(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2];
+  size_t argc = 3;
+  napi_value argv[3];
   NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   char name[IFNAMSIZ + 1];
   size_t nlen = 0;
-  if (argc < 1 || napi_get_value_string_utf8(env, argv[0], name, sizeof name, &nlen) != napi_ok) {
-    napi_throw_type_error(env, "WEFT_NATIVE", "tapOpen(name, mac?)");
+  bool multi = false;
+  if (argc < 1 || napi_get_value_string_utf8(env, argv[0], name, sizeof name, &nlen) != napi_ok ||
+      (argc >= 3 && napi_get_value_bool(env, argv[2], &multi) != napi_ok)) {
+    napi_throw_type_error(env, "WEFT_NATIVE", "tapOpen(name, mac?, multiQueue?: boolean)");
     return NULL;
   }
   unsigned want[6];
@@ -1806,7 +1812,8 @@ static napi_value js_tap_open(napi_env env, napi_callback_info info) {
   }
   struct ifreq ifr;
   const char *what = NULL;
-  int fd = open_tun_fd(name, nlen, IFF_TAP | IFF_NO_PI | IFF_VNET_HDR, &ifr, &what);
+  int fd = open_tun_fd(name, nlen, (short)(IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (multi ? IFF_MULTI_QUEUE : 0)), &ifr,
+                       &what);
   if (fd < 0) return throw_errno(env, what, errno);
   int sz = TNL_VNET_LEN;
   what = "TUNSETVNETHDRSZ";
@@ -1868,7 +1875,10 @@ static napi_value js_udp_attach_tunnel(napi_env env, napi_callback_info info) {
   if (!h) return NULL;
   napi_valuetype t = napi_undefined;
   if (argc >= 2) napi_typeof(env, argv[1], &t);
-  if (h->tap_fd >= 0) close(h->tap_fd);
+  if (h->tap_fd >= 0) {
+    close(h->tap_fd);
+    h->tap_lost = 1;
+  }
   h->tap_fd = -1;
   if (t == napi_null || t == napi_undefined) return NULL;
   weft_handle *tap = get_handle(env, argv[1], KIND_TAP);
@@ -1884,6 +1894,7 @@ static napi_value js_udp_attach_tunnel(napi_env env, napi_callback_info info) {
   int fd = fcntl(tap->fd, F_DUPFD_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, "udpAttachTunnel: dup", errno);
   h->tap_fd = fd;
+  h->tap_lost = 0;
   memcpy(h->tap_mac, tap->mac, 6);
   return NULL;
 }
@@ -2060,7 +2071,10 @@ static int send_segmented(weft_handle *h, uint8_t *arena, int32_t off, int32_t l
 /* One whole super-packet (its encapsulation header in front) as one tunnel-GSO TAP write. */
 static int send_whole(weft_handle *h, uint8_t *arena, int32_t off, int32_t len, int32_t pkt_at,
                       const vnet_hdr *v, uint32_t addr, uint16_t port) {
-  if (h->tap_fd < 0 || len + TNL_OUTER_LEN - 14 > 65535) return send_segmented(h, arena, off, len, pkt_at, v, addr, port, UC_TUNNEL_FALLBACKS);
+  if (h->tap_fd < 0 || len + TNL_OUTER_LEN - 14 > 65535) {
+    int why = h->tap_fd < 0 && !h->tap_lost ? UC_TUNNEL_OFF : UC_TUNNEL_FALLBACKS;
+    return send_segmented(h, arena, off, len, pkt_at, v, addr, port, why);
+  }
   uint8_t hb[TNL_VNET_LEN + TNL_OUTER_LEN];
   memset(hb, 0, TNL_VNET_LEN);
   int inner = TNL_OUTER_LEN + (pkt_at - off);
@@ -2110,6 +2124,7 @@ static int send_whole(weft_handle *h, uint8_t *arena, int32_t off, int32_t len, 
   h->counters[UC_TUNNEL_ERRORS]++;
   close(h->tap_fd);
   h->tap_fd = -1;
+  h->tap_lost = 1;
   return send_segmented(h, arena, off, len, pkt_at, v, addr, port, UC_TUNNEL_FALLBACKS);
 }
 

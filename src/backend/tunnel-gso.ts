@@ -26,6 +26,15 @@
  * their source). What it cannot check up front: a FORWARD chain that drops traffic between
  * the node's own addresses would drop these packets; the guard (TunnelGsoGuard) sees the
  * underlay send less than went to the TAP and detaches it within a few seconds.
+ *
+ * Without a TAP (tunnel GSO off, or the guard or a failed write detached it) the TUN still
+ * hands super-packets up whole whenever it has offloads, and the socket cuts them into UDP
+ * GSO messages itself (connIo.tunnelOff / tunnelFallbacks): one pass in JS per super-packet
+ * instead of one per segment.
+ *
+ * With forwarding workers (weftd --workers N) the TAP is multi-queue: every worker opens its
+ * own queue and attaches it to its own socket, and the guard adds up what all of them wrote
+ * (asking the workers for current figures first) and detaches it from all of them.
  */
 import { createHash } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -50,15 +59,35 @@ export function takesTunnelGso(backendData: unknown): boolean {
   );
 }
 
+/**
+ * The forwarding workers beyond the main thread (src/dataplane/workers/pool.ts), as the
+ * guard sees them: each has its own queue of the TAP attached to its own socket.
+ */
+export interface TunnelGsoWorkers {
+  /** Bytes the workers' sockets wrote to the TAP, as of their latest report. */
+  tunnelBytes(): number;
+  /** Detaches the TAP from every worker's socket (they segment from then on), for good. */
+  detachTunnel(): void;
+}
+
 /** The TAP device (the socket keeps its own duplicate of its fd). */
 export interface TunnelGsoDevice {
   readonly name: string;
   readonly handle: NativeHandle;
+  /** Opened IFF_MULTI_QUEUE: forwarding workers open their own queues of it by name. */
+  readonly multiQueue: boolean;
   /**
    * Attaches the TAP to the backend's socket (or says why not: the socket then segments
    * whole super-packets itself) and guards what leaves the underlay device from then on.
    */
   attach(conn: PacketConn, underlayIface: string): void;
+  /**
+   * The worker pool whose sockets also write to this TAP (undefined: none), so the guard
+   * counts their bytes and detaches them too. Set again when the pool is rebuilt.
+   */
+  setWorkers(workers: TunnelGsoWorkers | undefined): void;
+  /** Whether the TAP is still in use (false once the guard gave up on it). */
+  readonly usable: boolean;
   /** One guard check (the backend's periodic device check calls it). */
   check(): void;
   close(): void;
@@ -66,7 +95,7 @@ export interface TunnelGsoDevice {
 
 /** A socket that can send whole super-packets through a tunnel-GSO TAP (NativeConn). */
 export interface TunnelGsoConn {
-  attachTunnel(tap: TunnelGsoDevice | undefined): void;
+  attachTunnel(tap: Pick<TunnelGsoDevice, 'handle'> | undefined): void;
 }
 
 export function canTunnel(conn: PacketConn): conn is PacketConn & TunnelGsoConn {
@@ -126,7 +155,9 @@ export async function openTunnelGso(
   tunName: string,
   log: Logger,
   sys: Sysctl = procSys,
+  opts: { readonly multiQueue?: boolean } = {},
 ): Promise<TunnelGsoDevice | undefined> {
+  const multiQueue = opts.multiQueue ?? false;
   const name = tunnelGsoName(tunName);
   const blocker = tunnelGsoBlocker(sys);
   if (blocker !== undefined) {
@@ -136,7 +167,7 @@ export async function openTunnelGso(
   const addon = (await import('../native/addon.ts')).loadAddon();
   let r: { handle: NativeHandle; name: string; mac: string };
   try {
-    r = addon.tapOpen(name, tunnelGsoMac(name));
+    r = addon.tapOpen(name, tunnelGsoMac(name), multiQueue);
   } catch (err) {
     log.warn(
       { device: name, err: (err as Error).message },
@@ -168,15 +199,28 @@ export async function openTunnelGso(
     'tunnel GSO: whole TCP super-packets go to the kernel through the TAP',
   );
   let guard: TunnelGsoGuard | undefined;
+  let workers: TunnelGsoWorkers | undefined;
   const dev: TunnelGsoDevice = {
     name: r.name,
     handle,
+    multiQueue,
     attach(conn, underlayIface) {
-      guard = attachTunnelOrSegment(conn, dev, log) ? guardTunnel(conn, underlayIface, log) : undefined;
+      guard = attachTunnelOrSegment(conn, dev, log)
+        ? guardTunnel(conn, underlayIface, log, () => workers)
+        : undefined;
+    },
+    setWorkers(w) {
+      workers = w;
+      // A pool started (or rebuilt) after the guard gave up must not use the TAP either.
+      if (w && guard?.dropped) w.detachTunnel();
+    },
+    get usable() {
+      return guard !== undefined && !guard.dropped;
     },
     check: () => guard?.check(),
     close() {
       guard = undefined;
+      workers = undefined;
       close();
     },
   };
@@ -287,20 +331,28 @@ export function deviceTxBytes(iface: string): number | undefined {
 }
 
 /**
- * The guard for a backend: reads the socket's counters and the underlay's tx_bytes, and on
- * a trip detaches the TAP from the socket (which then segments) and says why.
+ * The guard for a backend: reads the socket's counters (plus the workers', when there is a
+ * pool) and the underlay's tx_bytes, and on a trip detaches the TAP from every socket
+ * (they then segment) and says why.
  */
-function guardTunnel(conn: PacketConn, underlayIface: string, log: Logger): TunnelGsoGuard | undefined {
+function guardTunnel(
+  conn: PacketConn,
+  underlayIface: string,
+  log: Logger,
+  workers: () => TunnelGsoWorkers | undefined,
+): TunnelGsoGuard | undefined {
   if (!canTunnel(conn)) return undefined;
   const stats = (conn as Partial<{ stats(): Record<string, number> }>).stats;
   return new TunnelGsoGuard(
     {
       tunnelBytes: () => {
+        let own: number | undefined;
         try {
-          return stats?.call(conn)['tunnelBytes'];
+          own = stats?.call(conn)['tunnelBytes'];
         } catch {
           return undefined;
         }
+        return own === undefined ? undefined : own + (workers()?.tunnelBytes() ?? 0);
       },
       underlayTxBytes: () => deviceTxBytes(underlayIface),
     },
@@ -314,6 +366,24 @@ function guardTunnel(conn: PacketConn, underlayIface: string, log: Logger): Tunn
       } catch {
         // the socket is gone: nothing left to detach
       }
+      workers()?.detachTunnel();
     },
   );
+}
+
+/** How long a device check waits for the workers' current counters before judging (ms). */
+const WORKER_REPORT_WAIT_MS = 250;
+
+/**
+ * One guard check of a backend's TAP (its periodic device check calls this): with workers,
+ * their current counters are asked for first, so the bytes they wrote are compared with the
+ * underlay's count of the same moment.
+ */
+export async function guardTunnelGso(
+  tunnel: TunnelGsoDevice | undefined,
+  pool: { refreshStats(timeoutMs?: number): Promise<void> } | undefined,
+): Promise<void> {
+  if (!tunnel?.usable) return;
+  if (pool) await pool.refreshStats(WORKER_REPORT_WAIT_MS);
+  tunnel.check();
 }

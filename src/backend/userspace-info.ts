@@ -7,6 +7,7 @@ import type { DataplaneInfo } from './backend.ts';
 import type { ForwarderSnapshot } from '../dataplane/forwarder.ts';
 import type { TunDevice } from '../tun/tun.ts';
 import type { PacketConn } from '../conn/conn.ts';
+import type { WorkerPool } from '../dataplane/workers/pool.ts';
 
 export function userspaceDataplaneInfo(
   /** The forwarder, or a worker pool (whose snapshot sums all its workers). */
@@ -37,11 +38,12 @@ export function userspaceDataplaneInfo(
  * The native layer's own counters of a userspace backend's devices (super-packets,
  * coalesced writes, GSO sends, whole tunnel super-packets received...), as `tunIo` and
  * `connIo` in its stats; devices without counters (the in-memory twins) add nothing. With
- * workers these are the main thread's devices (worker 0).
+ * a worker pool, every worker's figures are added in (as of its latest report).
  */
 export function nativeIoStats(
   tun: TunDevice | undefined,
   conn: PacketConn | undefined,
+  pool?: WorkerPool,
 ): { tunIo?: Record<string, number>; connIo?: Record<string, number> } {
   const io = (d: unknown): Record<string, number> | undefined =>
     typeof (d as { stats?: unknown } | undefined)?.stats === 'function'
@@ -49,5 +51,11 @@ export function nativeIoStats(
       : undefined;
   const tunIo = io(tun);
   const connIo = io(conn);
-  return { ...(tunIo ? { tunIo } : {}), ...(connIo ? { connIo } : {}) };
+  const main = { ...(tunIo ? { tunIo } : {}), ...(connIo ? { connIo } : {}) };
+  if (!pool) return main;
+  const all = pool.ioStats(main);
+  return {
+    ...(all.tunIo ? { tunIo: { ...all.tunIo } } : {}),
+    ...(all.connIo ? { connIo: { ...all.connIo } } : {}),
+  };
 }

@@ -128,8 +128,29 @@ export class NativeConn implements PacketConn {
    * this tunnel-GSO TAP, one write each (src/backend/tunnel-gso.ts); undefined detaches,
    * and they are then segmented here. The socket keeps its own fd of the TAP.
    */
-  attachTunnel(tap: TunnelGsoDevice | undefined): void {
+  attachTunnel(tap: Pick<TunnelGsoDevice, 'handle'> | undefined): void {
     this.addon.udpAttachTunnel(this.h(), tap?.handle ?? null);
+  }
+
+  /**
+   * A forwarding worker's socket: opens this thread's own queue of the main thread's
+   * multi-queue tunnel-GSO TAP `tapName` and attaches it as attachTunnel does (the socket
+   * keeps its fd; the queue goes away with the socket or on detach).
+   */
+  attachTunnelQueue(tapName: string): void {
+    let tap: { handle: NativeHandle } | undefined;
+    try {
+      tap = this.addon.tapOpen(tapName, undefined, true);
+      this.addon.udpAttachTunnel(this.h(), tap.handle);
+    } catch (err) {
+      throw deviceError(
+        `opening a queue of the tunnel-GSO TAP ${tapName}`,
+        err,
+        'the TAP must exist, opened multi-queue by the main thread (workers > 1)',
+      );
+    } finally {
+      if (tap) this.addon.close(tap.handle);
+    }
   }
 
   close(): void {

@@ -224,7 +224,7 @@ export function createMetrics(src: MetricsSources): Registry {
   });
   new Counter({
     name: 'weft_dataplane_tunnel_gso_total',
-    help: 'Whole TCP super-packets under tunnel GSO (weftd --tunnel-gso), by outcome (written: one TAP write each, segmented: by the socket because no TAP was attached, peer_segmented: by the socket because the peer does not take them whole, error: failed TAP writes)',
+    help: 'Whole TCP super-packets read from the TUN (tunnel GSO, weftd --tunnel-gso), by outcome (written: one TAP write each, segmented: by the socket because the TAP failed or was detached, peer_segmented: by the socket because the peer does not take them whole, off: by the socket because tunnel GSO is off on this node, error: failed TAP writes)',
     labelNames: ['outcome'],
     registers: r,
     collect() {
@@ -234,6 +234,7 @@ export function createMetrics(src: MetricsSources): Registry {
       setCounter(this, { outcome: 'written' }, io['tunnelWrites'] ?? 0);
       setCounter(this, { outcome: 'segmented' }, io['tunnelFallbacks'] ?? 0);
       setCounter(this, { outcome: 'peer_segmented' }, io['tunnelPeerSegmented'] ?? 0);
+      setCounter(this, { outcome: 'off' }, io['tunnelOff'] ?? 0);
       setCounter(this, { outcome: 'error' }, io['tunnelErrors'] ?? 0);
     },
   });

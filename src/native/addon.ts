@@ -87,10 +87,12 @@ export interface UdpCounters {
   tunnelWrites: number;
   /** TAP writes that failed; the TAP is detached after the first. */
   tunnelErrors: number;
-  /** Whole super-packets segmented by the socket because no TAP was attached. */
+  /** Whole super-packets segmented by the socket because the TAP failed or was detached. */
   tunnelFallbacks: number;
   /** Whole super-packets segmented by the socket because their peer does not take them whole. */
   tunnelPeerSegmented: number;
+  /** Whole super-packets segmented by the socket because no TAP was ever attached (tunnel GSO off). */
+  tunnelOff: number;
   /** 1 while UDP_SEGMENT is used (turned off when the egress device refuses it with EIO). */
   gsoEnabled: number;
   /** 1 while a tunnel-GSO TAP is attached (detached after a failed write or by the guard). */
@@ -110,7 +112,11 @@ export interface WeftIoAddon {
     keepSuperPackets?: boolean,
   ): TunOpenResult;
   /** A TAP device with UDP-tunnel GSO offload (kernel 6.17+); throws with the errno otherwise. */
-  tapOpen(name: string, mac?: string): { handle: NativeHandle; name: string; mac: string };
+  tapOpen(
+    name: string,
+    mac?: string,
+    multiQueue?: boolean,
+  ): { handle: NativeHandle; name: string; mac: string };
   /**
    * Whole super-packets sent on this socket go to the TAP as one tunnel-GSO write each
    * (null detaches: they are then segmented by the socket). The socket keeps its own fd.

@@ -33,7 +33,10 @@ function ctxFor(addr: string, mtu = 1500, offloads = true): BackendContext {
 function node(net: MemoryNetwork, addr: string, offloads = true) {
   const kernel = new RecordingKernel();
   let tun: MemoryTun | undefined;
-  const opened: { tun?: { name: string; mtu: number; offloads: boolean }; conn?: ConnOptions } = {};
+  const opened: {
+    tun?: { name: string; mtu: number; offloads: boolean; keepSuperPackets?: boolean };
+    conn?: ConnOptions;
+  } = {};
   const backend = new UdpBackend(ctxFor(addr, 1500, offloads), {
     kernel,
     tunName: 'wtest0',
@@ -100,9 +103,11 @@ void test('start configures the TUN like flannel, peers forward packets both way
     'ip route replace 10.50.0.0/16 dev wtest0',
     'sysctl -w net/ipv4/conf/wtest0/accept_local=1',
   ]);
-  assert.deepEqual(a.opened.tun, { name: 'wtest0', mtu: 1472, offloads: true });
+  // With offloads, TCP super-packets come up whole (sent whole or segmented by the socket).
+  assert.deepEqual(a.opened.tun, { name: 'wtest0', mtu: 1472, offloads: true, keepSuperPackets: true });
   assert.deepEqual(a.opened.conn, { bindAddr: parseIpv4('198.18.0.1'), port: 9285, offloads: true });
   assert.equal(b.opened.tun?.offloads, false, '--no-offloads reaches the TUN');
+  assert.equal(b.opened.tun?.keepSuperPackets, undefined, 'no super-packets without offloads');
   assert.equal(b.opened.conn?.offloads, false, '--no-offloads reaches the socket');
 
   a.backend.applyPeers([

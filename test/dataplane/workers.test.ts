@@ -1,7 +1,8 @@
 // The userspace data path on several threads, end to end through weftd --workers 2: two
 // nodes in namespaces, 4 parallel TCP flows between pods (sha256-checked) and pings both
 // ways, for the udp backend and the userspace vxlan plane. Per-worker counters from /status
-// prove that both threads forwarded traffic on both nodes; the TUN device is multi-queue.
+// prove that both threads forwarded traffic on both nodes, each sending whole super-packets
+// through its own queue of the tunnel-GSO TAP; the TUN device and the TAP are multi-queue.
 // The udp case also deletes the device under weftd (all queues come back). Finally weftd
 // with workers exits promptly on SIGTERM and removes its device.
 import assert from 'node:assert/strict';
@@ -17,6 +18,7 @@ interface Status {
   backendStats?: {
     workers?: Record<string, number>;
     counters?: Record<string, number>;
+    connIo?: Record<string, number>;
     deviceRecreated?: number;
   };
 }
@@ -46,6 +48,8 @@ async function bothWorkersBusy(cluster: Cluster): Promise<boolean> {
     const f = figures(await status(cluster, n));
     if (f.length !== 2) return false;
     if (!f.every((x) => (x.fromNetwork ?? 0) > 0 && (x.toTun ?? 0) > 0 && (x.fromTun ?? 0) > 0)) return false;
+    // Tunnel GSO (on by default) on every worker: each sent whole super-packets to the TAP.
+    if (!f.every((x) => (x.tunnelWrites ?? 0) > 0)) return false;
   }
   return true;
 }
@@ -119,14 +123,18 @@ for (const c of cases) {
         const link = await run.ip(n.ns, '-d', 'link', 'show', c.dev);
         assert.match(link, /multi_queue/, link);
         assert.match(link, /numqueues 2/, link);
+        // The tunnel-GSO TAP: one queue per worker too.
+        const tap = await run.ip(n.ns, '-d', 'link', 'show', `${c.dev}-gso`);
+        assert.match(tap, /multi_queue/, tap);
+        assert.match(tap, /numqueues 2/, tap);
       }
       await pingBothWays(cluster, a, b);
       await parallelFlows(cluster, a, b, 4 * MB);
       let busy = await waitBusy(cluster, 2000);
       const first = await Promise.all([n1, n2].map(async (n) => figures(await status(cluster, n))));
-      // Which worker a flow lands on is a hash: should 4 flows all have hashed to one worker
-      // somewhere (about 1 in 8 per node and direction), more flows make the point.
-      for (let round = 0; round < 6 && !busy; round++) {
+      // Which worker a flow lands on is a hash: should both flows leaving a node have hashed
+      // to one worker (1 in 2 per node and round), more flows make the point.
+      for (let round = 0; round < 14 && !busy; round++) {
         await parallelFlows(cluster, a, b, 256 * 1024);
         busy = await waitBusy(cluster, 1500);
       }
@@ -144,6 +152,8 @@ for (const c of cases) {
         assert.equal(s.backendStats?.counters?.recvPackets, sum('fromNetwork'));
         assert.equal(s.backendStats?.counters?.tunReadPackets, sum('fromTun'));
         assert.equal(s.backendStats?.workers?.deaths, 0);
+        // connIo sums every worker's socket: the TAP writes of all of them.
+        assert.equal(s.backendStats?.connIo?.tunnelWrites, sum('tunnelWrites'));
       }
 
       if (c.backend === 'udp') {

@@ -38,7 +38,7 @@ import { cidrToKey, formatCidr, formatIpv4, tryParseIpv4 } from '../../routing/i
 import type { Ipv4Cidr } from '../../routing/ipv4.ts';
 import type { TunDevice } from '../../tun/tun.ts';
 import { ConfigError, DeviceError } from '../../util/errors.ts';
-import { openTunnelGso, takesTunnelGso, TUNNEL_GSO_LEASE_KEY } from '../tunnel-gso.ts';
+import { guardTunnelGso, openTunnelGso, takesTunnelGso, TUNNEL_GSO_LEASE_KEY } from '../tunnel-gso.ts';
 import type { TunnelGsoDevice } from '../tunnel-gso.ts';
 import type { Logger } from '../../util/log.ts';
 import { backendMtu, keepaliveSeconds } from '../../daemon/netconf.ts';
@@ -345,7 +345,9 @@ export class UdpBackend implements Backend {
     const openConn = this.deps.openConn ?? (await import('../../conn/native-conn.ts')).openConn;
     const multi = this.workers > 1;
     const tunnel =
-      this.ctx.tunnelGso && this.ctx.offloads ? await openTunnelGso(this.kernel, name, this.log) : undefined;
+      this.ctx.tunnelGso && this.ctx.offloads
+        ? await openTunnelGso(this.kernel, name, this.log, undefined, { multiQueue: multi })
+        : undefined;
     this.tunnel = tunnel;
     let tun: TunDevice;
     try {
@@ -354,7 +356,7 @@ export class UdpBackend implements Backend {
         mtu,
         offloads: this.ctx.offloads,
         ...(multi ? { multiQueue: true } : {}),
-        ...(tunnel ? { keepSuperPackets: true } : {}),
+        ...(this.ctx.offloads ? { keepSuperPackets: true } : {}),
       });
     } catch (err) {
       this.closeTunnel();
@@ -388,7 +390,10 @@ export class UdpBackend implements Backend {
       });
       this.fwd.setPeers(this.peers.values());
       this.fwd.start();
-      if (multi) this.pool = await this.startPool(this.fwd, this.conn);
+      if (multi) {
+        this.pool = await this.startPool(this.fwd, this.conn);
+        tunnel?.setWorkers(this.pool);
+      }
       this.lease = lease;
       this.tunIndex = (await this.kernel.getLink(name))?.index ?? -1;
       this.watch.start();
@@ -471,6 +476,7 @@ export class UdpBackend implements Backend {
       tun: { name: this.tunName, mtu: this.mtu, offloads: this.ctx.offloads },
       conn: { bindAddr: this.ctx.underlay.addr, port: this.port, offloads: this.ctx.offloads },
       log: this.log,
+      tunnel: this.tunnel?.usable ? { name: this.tunnel.name } : undefined,
     });
   }
 
@@ -483,7 +489,7 @@ export class UdpBackend implements Backend {
     const lease = this.lease;
     const conn = this.conn;
     if (!lease || !conn) return;
-    this.tunnel?.check();
+    await guardTunnelGso(this.tunnel, this.pool);
     const r = await checkAndRepairTun({
       kernel: this.kernel,
       name: this.tunName,
@@ -502,7 +508,7 @@ export class UdpBackend implements Backend {
           mtu: this.mtu,
           offloads: this.ctx.offloads,
           ...(this.workers > 1 ? { multiQueue: true } : {}),
-          ...(this.tunnel ? { keepSuperPackets: true } : {}),
+          ...(this.ctx.offloads ? { keepSuperPackets: true } : {}),
         }),
       full,
       counters: this.repairs,
@@ -510,6 +516,7 @@ export class UdpBackend implements Backend {
     });
     this.tun = r.tun;
     this.fwd = r.fwd;
+    if (r.pool !== this.pool) this.tunnel?.setWorkers(r.pool);
     this.pool = r.pool;
     this.tunIndex = r.tunIndex;
   }
@@ -539,7 +546,7 @@ export class UdpBackend implements Backend {
       out.offloads = Object.fromEntries(
         Object.entries(this.dataplaneInfo().offloads).map(([k, on]) => [k, on ? 1 : 0]),
       );
-      Object.assign(out, nativeIoStats(this.tun, this.conn));
+      Object.assign(out, nativeIoStats(this.tun, this.conn, this.pool));
     } else out.running = 0;
     return out;
   }

@@ -21,7 +21,7 @@
 import { nativeIoStats, userspaceDataplaneInfo } from '../userspace-info.ts';
 import type { DataplaneInfo } from '../backend.ts';
 import { openConn } from '../../conn/native-conn.ts';
-import { openTunnelGso } from '../tunnel-gso.ts';
+import { guardTunnelGso, openTunnelGso } from '../tunnel-gso.ts';
 import type { TunnelGsoDevice } from '../tunnel-gso.ts';
 import type { PacketConn } from '../../conn/conn.ts';
 import { DEFAULT_BUSY_POLL_US, Forwarder } from '../../dataplane/forwarder.ts';
@@ -96,7 +96,10 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       await kernel.apply([{ op: 'link-del', name }]);
     }
     const multi = (ctx.workers ?? 1) > 1;
-    const tunnel = ctx.tunnelGso && ctx.offloads ? await openTunnelGso(kernel, name, this.log) : undefined;
+    const tunnel =
+      ctx.tunnelGso && ctx.offloads
+        ? await openTunnelGso(kernel, name, this.log, undefined, { multiQueue: multi })
+        : undefined;
     this.tunnel = tunnel;
     let tun: TunDevice;
     try {
@@ -105,7 +108,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
         mtu,
         offloads: ctx.offloads,
         multiQueue: multi,
-        keepSuperPackets: tunnel !== undefined,
+        keepSuperPackets: ctx.offloads,
       });
     } catch (err) {
       this.closeDevices();
@@ -139,7 +142,10 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
         busyPollUs: this.p.ctx.busyPollUs ?? DEFAULT_BUSY_POLL_US,
       });
       this.fwd.start();
-      if (multi) this.pool = await this.startPool(this.fwd, conn);
+      if (multi) {
+        this.pool = await this.startPool(this.fwd, conn);
+        tunnel?.setWorkers(this.pool);
+      }
       this.tunIndex = (await kernel.getLink(name))?.index ?? -1;
       this.watch.start();
     } catch (err) {
@@ -209,7 +215,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
     const lease = this.lease;
     const conn = this.conn;
     if (!lease || !conn) return;
-    this.tunnel?.check();
+    await guardTunnelGso(this.tunnel, this.pool);
     const { kernel, ctx, mtu } = this.p;
     const r = await checkAndRepairTun({
       kernel,
@@ -230,7 +236,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
             mtu,
             offloads: ctx.offloads,
             multiQueue: (ctx.workers ?? 1) > 1,
-            keepSuperPackets: this.tunnel !== undefined,
+            keepSuperPackets: ctx.offloads,
           }),
         ),
       full,
@@ -239,6 +245,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
     });
     this.tun = r.tun;
     this.fwd = r.fwd;
+    if (r.pool !== this.pool) this.tunnel?.setWorkers(r.pool);
     this.pool = r.pool;
     this.tunIndex = r.tunIndex;
   }
@@ -252,6 +259,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       tun: { name: this.device, mtu, offloads: ctx.offloads },
       conn: { bindAddr: ctx.underlay.addr, port: options.port, offloads: ctx.offloads },
       log: this.log,
+      tunnel: this.tunnel?.usable ? { name: this.tunnel.name } : undefined,
     });
   }
 
@@ -284,7 +292,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       if (this.pool) out['workers'] = workersStat(this.pool);
       out['counters'] = { ...s.counters };
       out['drops'] = { ...s.drops };
-      Object.assign(out, nativeIoStats(this.tun, this.conn));
+      Object.assign(out, nativeIoStats(this.tun, this.conn, this.pool));
     }
     return out;
   }

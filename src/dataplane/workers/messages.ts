@@ -57,6 +57,17 @@ export interface WorkerInit {
   readonly seed?: RawStats | undefined;
   /** How often the worker posts its counters unasked (ms). */
   readonly statsIntervalMs: number;
+  /**
+   * The main thread's multi-queue tunnel-GSO TAP (src/backend/tunnel-gso.ts): the worker
+   * opens its own queue and attaches it to its socket. Absent: no tunnel GSO.
+   */
+  readonly tunnel?: { readonly name: string } | undefined;
+}
+
+/** The native layer's counters of a worker's TUN queue and socket (NativeTun/NativeConn stats()). */
+export interface WorkerIo {
+  readonly tunIo?: Readonly<Record<string, number>>;
+  readonly connIo?: Readonly<Record<string, number>>;
 }
 
 /** Main thread -> worker. */
@@ -65,6 +76,8 @@ export type ToWorker =
   | { readonly type: 'addPeer'; readonly peer: WirePeer }
   | { readonly type: 'removePeer'; readonly id: number }
   | { readonly type: 'stats'; readonly seq: number }
+  /** The tunnel-GSO guard gave up on the TAP: segment from now on. */
+  | { readonly type: 'detachTunnel' }
   | { readonly type: 'stop' };
 
 /** A worker's counters at one moment. */
@@ -74,6 +87,7 @@ export interface WorkerStatsMessage {
   readonly seq: number;
   readonly snapshot: ForwarderSnapshot;
   readonly raw: RawStats;
+  readonly io: WorkerIo;
 }
 
 /** Worker -> main thread. */
@@ -83,7 +97,14 @@ export type FromWorker =
       readonly localPort: number;
       readonly tunOffloads: Readonly<Record<string, boolean>>;
       readonly connOffloads: Readonly<Record<string, boolean>>;
+      /** Why the worker could not attach its queue of the tunnel-GSO TAP (it segments instead). */
+      readonly tunnelError?: string;
     }
   | { readonly type: 'failed'; readonly message: string }
   | WorkerStatsMessage
-  | { readonly type: 'stopped'; readonly snapshot: ForwarderSnapshot; readonly raw: RawStats };
+  | {
+      readonly type: 'stopped';
+      readonly snapshot: ForwarderSnapshot;
+      readonly raw: RawStats;
+      readonly io: WorkerIo;
+    };

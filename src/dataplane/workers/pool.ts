@@ -25,7 +25,7 @@ import { ConfigError, DeviceError } from '../../util/errors.ts';
 import type { Logger } from '../../util/log.ts';
 import type { Forwarder, ForwarderSnapshot, PeerStatus } from '../forwarder.ts';
 import type { Peer } from '../peer.ts';
-import type { EncapSpec, FromWorker, RawStats, ToWorker, WorkerInit } from './messages.ts';
+import type { EncapSpec, FromWorker, RawStats, ToWorker, WorkerInit, WorkerIo } from './messages.ts';
 
 /** Most forwarding threads (main included) weftd accepts. */
 export const MAX_WORKERS = 64;
@@ -44,6 +44,8 @@ export interface WorkerFigures {
   /** fromTun + fromNetwork, and toNetwork + toTun. */
   readonly packetsIn: number;
   readonly packetsOut: number;
+  /** Whole super-packets its socket wrote to the tunnel-GSO TAP (its own queue). */
+  readonly tunnelWrites: number;
 }
 
 export interface PoolSnapshot extends ForwarderSnapshot {
@@ -82,6 +84,11 @@ export interface WorkerPoolOptions {
   readonly startTimeoutMs?: number;
   /** Attaches the steering program (default: SO_ATTACH_REUSEPORT_CBPF through the addon). */
   readonly attachSteering?: (conn: PacketConn, program: Buffer) => void;
+  /**
+   * The main thread's multi-queue tunnel-GSO TAP: every worker opens its own queue of it
+   * and sends whole super-packets there (src/backend/tunnel-gso.ts). Absent: none.
+   */
+  readonly tunnel?: { readonly name: string } | undefined;
 }
 
 const fromSource = import.meta.url.endsWith('.ts');
@@ -126,6 +133,8 @@ interface Slot {
   restarts: number;
   snapshot: ForwarderSnapshot | undefined;
   raw: RawStats | undefined;
+  /** The native counters of its TUN queue and socket, as of its latest report. */
+  io: WorkerIo | undefined;
   restartTimer: NodeJS.Timeout | undefined;
   /** Waiters for an answer to a stats request, by seq. */
   readonly waiting: Map<number, () => void>;
@@ -142,6 +151,8 @@ export class WorkerPool {
   private readonly program: Buffer;
   private readonly statsIntervalMs: number;
   private attach: ((c: PacketConn, p: Buffer) => void) | undefined;
+  /** The tunnel-GSO TAP workers attach (undefined: none, or the guard detached it for good). */
+  private tunnel: { readonly name: string } | undefined;
   private seq = 0;
   private closing = false;
 
@@ -163,6 +174,7 @@ export class WorkerPool {
       workers: opts.workers,
     });
     this.attach = opts.attachSteering;
+    this.tunnel = opts.tunnel;
     if (opts.carry) this.counters.deaths = opts.carry.deaths;
   }
 
@@ -183,6 +195,7 @@ export class WorkerPool {
           restarts: opts.carry?.restarts[i] ?? 0,
           snapshot: undefined,
           raw: opts.carry?.raw[i],
+          io: undefined,
           restartTimer: undefined,
           waiting: new Map(),
         };
@@ -224,6 +237,7 @@ export class WorkerPool {
       peers: m.peers(),
       seed: slot.raw ? this.withoutStalePeers(slot.raw) : undefined,
       statsIntervalMs: this.statsIntervalMs,
+      tunnel: this.tunnel,
     };
   }
 
@@ -270,6 +284,12 @@ export class WorkerPool {
         switch (m.type) {
           case 'ready':
             slot.alive = true;
+            if (m.tunnelError !== undefined) {
+              this.opts.log.warn(
+                { worker: slot.index, err: m.tunnelError },
+                'tunnel GSO: a forwarding worker could not attach the TAP; it segments in its socket',
+              );
+            }
             settle();
             break;
           case 'failed':
@@ -281,6 +301,7 @@ export class WorkerPool {
           case 'stopped':
             slot.snapshot = m.snapshot;
             slot.raw = m.raw;
+            slot.io = m.io;
             if (m.type === 'stats' && m.seq >= 0) {
               const done = slot.waiting.get(m.seq);
               slot.waiting.delete(m.seq);
@@ -359,6 +380,50 @@ export class WorkerPool {
     return had;
   }
 
+  /**
+   * Bytes the workers' sockets wrote to the tunnel-GSO TAP, as of their latest reports
+   * (refreshStats() first for current figures). For the tunnel-GSO guard.
+   */
+  tunnelBytes(): number {
+    let sum = 0;
+    for (const s of this.slots) sum += s.io?.connIo?.['tunnelBytes'] ?? 0;
+    return sum;
+  }
+
+  /**
+   * The tunnel-GSO guard gave up on the TAP: every worker's socket detaches it and segments
+   * from now on, and workers started later (restarts, a rebuilt pool) do not attach it.
+   */
+  detachTunnel(): void {
+    this.tunnel = undefined;
+    this.broadcast({ type: 'detachTunnel' });
+  }
+
+  /**
+   * The native counters of the main thread's devices (`main`, as nativeIoStats gives them)
+   * with every worker's added in, as of their latest reports. Flags (gsoEnabled,
+   * tunnelAttached) stay the main thread's.
+   */
+  ioStats(main: WorkerIo): WorkerIo {
+    const FLAGS = new Set(['gsoEnabled', 'tunnelAttached']);
+    const sum = (
+      base: Readonly<Record<string, number>> | undefined,
+      pick: (io: WorkerIo) => Readonly<Record<string, number>> | undefined,
+    ): Record<string, number> | undefined => {
+      if (!base) return undefined;
+      const out = { ...base };
+      for (const s of this.slots) {
+        const add = s.io ? pick(s.io) : undefined;
+        if (!add) continue;
+        for (const [k, v] of Object.entries(add)) if (!FLAGS.has(k)) out[k] = (out[k] ?? 0) + v;
+      }
+      return out;
+    };
+    const tunIo = sum(main.tunIo, (io) => io.tunIo);
+    const connIo = sum(main.connIo, (io) => io.connIo);
+    return { ...(tunIo ? { tunIo } : {}), ...(connIo ? { connIo } : {}) };
+  }
+
   /** Asks every live worker for its counters now and waits for the answers (at most 2 s). */
   async refreshStats(timeoutMs = 2000): Promise<void> {
     const seq = ++this.seq;
@@ -388,6 +453,7 @@ export class WorkerPool {
       alive: boolean,
       restarts: number,
       s: ForwarderSnapshot | undefined,
+      io: WorkerIo | undefined,
     ): WorkerFigures => {
       const c = s?.counters ?? {};
       const fromTun = c.tunReadPackets ?? 0;
@@ -404,11 +470,19 @@ export class WorkerPool {
         toTun,
         packetsIn: fromTun + fromNetwork,
         packetsOut: toNetwork + toTun,
+        tunnelWrites: io?.connIo?.['tunnelWrites'] ?? 0,
       };
     };
+    const mainConn = this.opts.mainConn as Partial<{ stats(): Record<string, number> }>;
+    let mainIo: WorkerIo | undefined;
+    try {
+      mainIo = typeof mainConn.stats === 'function' ? { connIo: mainConn.stats() } : undefined;
+    } catch {
+      mainIo = undefined; // closed
+    }
     return [
-      fig(0, this.main.running, 0, this.main.snapshot()),
-      ...this.slots.map((s) => fig(s.index, s.alive, s.restarts, s.snapshot)),
+      fig(0, this.main.running, 0, this.main.snapshot(), mainIo),
+      ...this.slots.map((s) => fig(s.index, s.alive, s.restarts, s.snapshot, s.io)),
     ];
   }
 
@@ -447,7 +521,7 @@ export class WorkerPool {
     await this.close(); // final counters first: a stopping worker reports them
     const carry = this.carry();
     try {
-      const pool = await WorkerPool.start({ ...this.opts, main, carry });
+      const pool = await WorkerPool.start({ ...this.opts, main, carry, tunnel: this.tunnel });
       this.opts.log.warn({ workers: pool.size }, 'forwarding workers restarted on the new TUN device');
       return pool;
     } catch (err) {
@@ -542,6 +616,7 @@ export function workersStat(pool: WorkerPool): Record<string, number> {
     out[`${f.worker}.toNetwork`] = f.toNetwork;
     out[`${f.worker}.fromNetwork`] = f.fromNetwork;
     out[`${f.worker}.toTun`] = f.toTun;
+    out[`${f.worker}.tunnelWrites`] = f.tunnelWrites;
   }
   return out;
 }

@@ -19,7 +19,7 @@ import type { NativeTun } from '../../tun/native-tun.ts';
 import { Forwarder } from '../forwarder.ts';
 import type { Peer } from '../peer.ts';
 import { ForwarderStats } from '../stats.ts';
-import type { FromWorker, RawStats, ToWorker, WirePeer, WorkerInit } from './messages.ts';
+import type { FromWorker, RawStats, ToWorker, WirePeer, WorkerInit, WorkerIo } from './messages.ts';
 
 const port = parentPort;
 if (!port) throw new Error('src/dataplane/workers/worker.ts runs only as a worker thread (see pool.ts)');
@@ -75,6 +75,14 @@ let tun: NativeTun | undefined;
 let conn: NativeConn | undefined;
 let fwd: Forwarder | undefined;
 let timer: NodeJS.Timeout | undefined;
+let tunnelError: string | undefined;
+
+function io(): WorkerIo {
+  const out: { tunIo?: Record<string, number>; connIo?: Record<string, number> } = {};
+  if (tun?.nativeHandle) out.tunIo = { ...tun.stats() };
+  if (conn?.nativeHandle) out.connIo = { ...conn.stats() };
+  return out;
+}
 
 function closeAll(): void {
   if (timer) clearInterval(timer);
@@ -87,7 +95,15 @@ function closeAll(): void {
 }
 
 try {
-  tun = openTun({ name: init.tun.name, mtu: init.tun.mtu, offloads: init.tun.offloads, multiQueue: true });
+  // With offloads, TCP super-packets come up whole: the socket sends them whole to the TAP
+  // or segments them itself (as the main thread's forwarder does).
+  tun = openTun({
+    name: init.tun.name,
+    mtu: init.tun.mtu,
+    offloads: init.tun.offloads,
+    multiQueue: true,
+    keepSuperPackets: init.tun.offloads,
+  });
   conn = openConn({
     bindAddr: init.conn.bindAddr,
     port: init.conn.port,
@@ -96,6 +112,13 @@ try {
     ...(init.conn.rcvbuf !== undefined ? { rcvbuf: init.conn.rcvbuf } : {}),
     ...(init.conn.sndbuf !== undefined ? { sndbuf: init.conn.sndbuf } : {}),
   });
+  if (init.tunnel) {
+    try {
+      conn.attachTunnelQueue(init.tunnel.name);
+    } catch (err) {
+      tunnelError = err instanceof Error ? err.message : String(err);
+    }
+  }
   const e = init.encap;
   const encap: Encap = e.kind === 'udp' ? new UdpEncap() : new VxlanEncap(e.vni, e.localMac);
   const vtep = init.local.vtepMac;
@@ -129,7 +152,7 @@ try {
 if (fwd && tun && conn) {
   const f = fwd;
   const report = (seq: number): void => {
-    post({ type: 'stats', seq, snapshot: f.snapshot(), raw: raw(f.stats) });
+    post({ type: 'stats', seq, snapshot: f.snapshot(), raw: raw(f.stats), io: io() });
   };
   timer = setInterval(() => report(-1), Math.max(50, init.statsIntervalMs));
   timer.unref();
@@ -147,11 +170,16 @@ if (fwd && tun && conn) {
       case 'stats':
         report(m.seq);
         break;
-      case 'stop':
+      case 'detachTunnel':
+        conn?.attachTunnel(undefined);
+        break;
+      case 'stop': {
+        const last = io();
         closeAll();
-        post({ type: 'stopped', snapshot: f.snapshot(), raw: raw(f.stats) });
+        post({ type: 'stopped', snapshot: f.snapshot(), raw: raw(f.stats), io: last });
         port.close();
         break;
+      }
     }
   });
   post({
@@ -159,5 +187,6 @@ if (fwd && tun && conn) {
     localPort: conn.localPort,
     tunOffloads: { ...tun.offloads },
     connOffloads: { ...conn.offloads },
+    ...(tunnelError !== undefined ? { tunnelError } : {}),
   });
 }
