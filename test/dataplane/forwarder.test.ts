@@ -295,31 +295,41 @@ void test('icmpForIcmpQueries: a ping to an unrouted address gets net unreachabl
   assert.equal(a.fwd.stats.dropped(DropReason.noRoute), 2);
 });
 
+/**
+ * A busy poller whose clock moves only when the test moves `now`; wait(0) only reads the
+ * clock (as the native poller's does), every other call is a window answered by `window`.
+ */
+function manualPoller(start: number, window: (maxUs: number) => number) {
+  const p = {
+    now: start,
+    windows: 0,
+    clock: new Float64Array(2),
+    wait(maxUs: number): number {
+      p.clock[0] = p.now;
+      p.clock[1] = 0;
+      if (maxUs === 0) return 0;
+      p.windows++;
+      return window(maxUs);
+    },
+  };
+  return p;
+}
+
 void test('busy poll: windows after small turns only, traffic found in a window is forwarded, empty windows stay within budget', async (t) => {
   const A_TO_B = (i: number): Buffer =>
     buildIpv4({ src: POD_A, dst: POD_B, payload: Buffer.from(`bp ${i}`), protocol: 17 });
   let mode: 'miss' | 'hit-once' = 'miss';
-  let windows = 0;
   let injectIn: ((p: Buffer) => void) | undefined;
-  // A clock that moves only when the test says (wait(0) reads it, as the native poller's does).
-  let now = 1000;
-  const poller = {
-    clock: new Float64Array(2),
-    wait(maxUs: number): number {
-      poller.clock[0] = now;
-      poller.clock[1] = 0;
-      if (maxUs === 0) return 0;
-      windows++;
-      assert.equal(maxUs, 100, 'each window is --busy-poll-us long');
-      if (mode === 'hit-once' && injectIn) {
-        const inject = injectIn;
-        injectIn = undefined;
-        inject(A_TO_B(999));
-        return BusyPollReady.tun;
-      }
-      return 0;
-    },
-  };
+  const poller = manualPoller(1000, (maxUs) => {
+    assert.equal(maxUs, 100, 'each window is --busy-poll-us long');
+    if (mode === 'hit-once' && injectIn) {
+      const inject = injectIn;
+      injectIn = undefined;
+      inject(A_TO_B(999));
+      return BusyPollReady.tun;
+    }
+    return 0;
+  });
   const { a, b, close } = makePair('udp', { busyPollUs: 100, busyPoller: poller });
   t.after(close);
   const c = a.fwd.stats;
@@ -332,17 +342,17 @@ void test('busy poll: windows after small turns only, traffic found in a window 
   assert.equal(c.get(Counter.busyPollHits), 0);
 
   // 40 packets in one turn: bulk, no window on A.
-  const before = windows;
+  const before = poller.windows;
   const missesBefore = c.get(Counter.busyPollMisses);
   for (let i = 1; i <= 40; i++) a.tun.inject(A_TO_B(i));
   await waitFor(() => b.tun.written.length === 41);
   await settle();
   assert.equal(c.get(Counter.busyPollMisses), missesBefore, 'no window after a 40-packet turn on A');
-  assert.ok(windows >= before, 'B may poll after its own small turns');
+  assert.ok(poller.windows >= before, 'B may poll after its own small turns');
 
   // A packet that arrives during a window is forwarded from inside it (once the quiet
   // period after the bulk turn is over).
-  now += 10;
+  poller.now += 10;
   mode = 'hit-once';
   injectIn = (p) => a.tun.inject(p);
   a.tun.inject(A_TO_B(100));
@@ -356,21 +366,12 @@ void test('busy poll: no windows while bulk traffic flows in either direction, b
     buildIpv4({ src: POD_A, dst: POD_B, payload: Buffer.from(`q ${i}`), protocol: 17 });
   const back = (i: number): Buffer =>
     buildIpv4({ src: POD_B, dst: POD_A, payload: Buffer.from(`r ${i}`), protocol: 17 });
-  let now = 5000;
-  let windows = 0;
   let onWindow: (() => number) | undefined;
-  const poller = {
-    clock: new Float64Array(2),
-    wait(maxUs: number): number {
-      poller.clock[0] = now;
-      poller.clock[1] = 0;
-      if (maxUs === 0) return 0;
-      windows++;
-      const f = onWindow;
-      onWindow = undefined;
-      return f ? f() : 0;
-    },
-  };
+  const poller = manualPoller(5000, () => {
+    const f = onWindow;
+    onWindow = undefined;
+    return f ? f() : 0;
+  });
   const { a, b, close } = makePair('udp', { busyPollUs: 100, busyPoller: poller });
   t.after(close);
   const c = a.fwd.stats;
@@ -387,32 +388,31 @@ void test('busy poll: no windows while bulk traffic flows in either direction, b
   await waitFor(() => a.tun.written.length === toA);
   await settle();
   // A's pod answers with a small packet (an ACK) 1 ms later: no window on A.
-  now += 1;
-  let w = windows;
+  poller.now += 1;
   await sendSmall();
   assert.equal(c.get(Counter.busyPollBulk), 1, 'the small turn ran no window: bulk is flowing');
   assert.equal(c.get(Counter.busyPollMisses) + c.get(Counter.busyPollHits), 0);
 
   // Bulk from A's own TUN counts the same way.
-  now += 5;
+  poller.now += 5;
   for (let i = 0; i < 40; i++) a.tun.inject(small(toB++));
   await waitFor(() => b.tun.written.length === toB);
   await settle();
-  now += 1.5;
+  poller.now += 1.5;
   await sendSmall();
   assert.equal(c.get(Counter.busyPollBulk), 2);
 
   // 2 ms after the last bulk turn the windows are back.
-  now += 1;
-  w = windows;
+  poller.now += 1;
+  const w = poller.windows;
   const missesBefore = c.get(Counter.busyPollMisses);
   await sendSmall();
   assert.equal(c.get(Counter.busyPollBulk), 2);
   assert.ok(c.get(Counter.busyPollMisses) > missesBefore, 'a window ran after the small turn');
-  assert.ok(windows > w);
+  assert.ok(poller.windows > w);
 
   // A window that finds bulk traffic ends the session and starts a quiet period too.
-  now += 10;
+  poller.now += 10;
   const hitsBefore = c.get(Counter.busyPollHits);
   onWindow = () => {
     for (let i = 0; i < 40; i++) a.tun.inject(small(toB++));
@@ -422,7 +422,7 @@ void test('busy poll: no windows while bulk traffic flows in either direction, b
   assert.equal(c.get(Counter.busyPollHits), hitsBefore + 1, 'the window found the 40 packets');
   const bulkBefore = c.get(Counter.busyPollBulk);
   const missesBefore2 = c.get(Counter.busyPollMisses);
-  now += 0.5;
+  poller.now += 0.5;
   await sendSmall();
   assert.ok(c.get(Counter.busyPollBulk) > bulkBefore, 'no window 0.5 ms after a window found bulk');
   assert.equal(c.get(Counter.busyPollMisses), missesBefore2);

@@ -1,12 +1,15 @@
 /**
  * One forwarding thread of the worker pool (pool.ts): its own TUN queue (IFF_MULTI_QUEUE on
  * the backend's device), its own SO_REUSEPORT socket on the backend's address and port, and
- * its own Forwarder with the main forwarder's settings. The kernel spreads outgoing flows
+ * its own Forwarder with the main forwarder's settings, and with tunnel GSO its own queue
+ * of the main thread's multi-queue TAP for whole super-packets. The kernel spreads outgoing flows
  * over the TUN queues and the pool's steering program spreads incoming datagrams over the
  * sockets by inner flow, so each thread forwards its share of the flows in both directions.
  *
  * The native addon keeps no static state, so it loads and works here as on the main thread.
- * Counters go to the main thread every statsIntervalMs and on request; on 'stop' the thread
+ * Counters (the forwarder's and the native layer's) go to the main thread every
+ * statsIntervalMs and on request; 'detachTunnel' (the guard gave up on the TAP) makes the
+ * socket segment from then on; on 'stop' the thread
  * closes its handles, reports its final counters and lets its event loop end.
  */
 import { parentPort, workerData } from 'node:worker_threads';
