@@ -16,7 +16,12 @@ import { scrape } from './helpers.ts';
 const MAX_WAKEUPS_PER_S = 40;
 /** Share of one core an idle weftd may use, all threads. */
 const MAX_CPU_SHARE = 0.02;
-const WINDOW_MS = 3000;
+/**
+ * Both nodes are measured over the same window. CPU time comes in 10 ms ticks, and every
+ * fifth device check spawns `ip` (a few ms of weftd's CPU on a machine with costly system
+ * calls): over 3 s one such check could take an idle node from ~1% to 2.3% of a core.
+ */
+const WINDOW_MS = 6000;
 
 function mainThreadSwitches(pid: number): number {
   const status = readFileSync(`/proc/${pid}/task/${pid}/status`, 'utf8');
@@ -52,14 +57,15 @@ void test('an idle weftd wakes rarely and uses almost no CPU', async (t) => {
   );
   await sleep(1000); // start-up work (first full device check, JIT) settles
 
-  for (const node of [cluster.node(1), cluster.node(2)]) {
+  const nodes = [cluster.node(1), cluster.node(2)].map((node) => {
     const pid = node.weftd?.child.pid;
     assert.ok(pid !== undefined, `${node.ns}: weftd is running`);
-    const s0 = mainThreadSwitches(pid);
-    const c0 = cpuTicks(pid);
-    const t0 = performance.now();
-    await sleep(WINDOW_MS);
-    const secs = (performance.now() - t0) / 1000;
+    return { node, pid, s0: mainThreadSwitches(pid), c0: cpuTicks(pid) };
+  });
+  const t0 = performance.now();
+  await sleep(WINDOW_MS);
+  const secs = (performance.now() - t0) / 1000;
+  for (const { node, pid, s0, c0 } of nodes) {
     const wakeups = (mainThreadSwitches(pid) - s0) / secs;
     const cpu = (cpuTicks(pid) - c0) / 100 / secs;
     t.diagnostic(
