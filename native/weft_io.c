@@ -1905,15 +1905,27 @@ static int64_t now_ms(void) {
   return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* The descriptors of a udpSend batch, for the checks a datagram must pass to join a run. */
+typedef struct {
+  const int32_t *off;
+  const uint32_t *addr;
+  const uint16_t *port;
+  size_t alen;
+} send_descs;
+
 /*
- * Where the UDP GSO run of datagrams starting at i (lengths len[], candidates up to lim)
- * ends: datagrams of len[i] bytes, the last one possibly shorter, at most UDP_GSO_MAX_SEGS
- * of them and UDP_GSO_MAX_BYTES in all.
+ * Where the UDP GSO run of datagrams starting at i (lengths len[], up to n) ends, in one
+ * pass: datagrams of len[i] bytes, the last one possibly shorter, at most UDP_GSO_MAX_SEGS
+ * of them and UDP_GSO_MAX_BYTES in all; with `d`, also to the same destination as i and
+ * inside the arena (without, every datagram qualifies: the segments of one super-packet).
  */
-static int gso_run_end(const int32_t *len, int i, int lim) {
+static int gso_run_end(const int32_t *len, int i, int n, const send_descs *d) {
   int j = i + 1;
   int total = len[i];
-  while (j < lim && j - i < UDP_GSO_MAX_SEGS && len[j] > 0 && len[j] <= len[i] && total + len[j] <= UDP_GSO_MAX_BYTES) {
+  while (j < n && j - i < UDP_GSO_MAX_SEGS && len[j] > 0 && len[j] <= len[i] && total + len[j] <= UDP_GSO_MAX_BYTES) {
+    if (d && (d->addr[j] != d->addr[i] || d->port[j] != d->port[i] || d->off[j] < 0 ||
+              (size_t)d->off[j] + (size_t)len[j] > d->alen))
+      break;
     total += len[j];
     j++;
     if (len[j - 1] < len[i]) break;
@@ -2061,7 +2073,7 @@ static int send_segmented(weft_handle *h, uint8_t *arena, int32_t off, int32_t l
   /* Equal-sized datagrams (all but the last) go out as UDP GSO messages, like any batch. */
   int nmsg = 0;
   for (int k = 0; k < n;) {
-    int e = h->gso ? gso_run_end(sl, k, n) : k + 1;
+    int e = h->gso ? gso_run_end(sl, k, n, NULL) : k + 1;
     put_msg(h, nmsg++, k, e - k, addr, port);
     k = e;
   }
@@ -2166,6 +2178,7 @@ static napi_value js_udp_send(napi_env env, napi_callback_info info) {
   if (!ensure_msg_cap(h, (size_t)count + 1, (size_t)count + 1)) return throw_errno(env, "udpSend", ENOMEM);
 
   /* Build messages: runs of same destination and size (last may be shorter) -> one GSO message. */
+  const send_descs descs = {.off = off, .addr = addr, .port = port, .alen = alen};
   int nmsg = 0, niov = 0;
   int i = 0, sent = 0;
   while (i < count) {
@@ -2189,14 +2202,7 @@ static napi_value js_udp_send(napi_env env, napi_callback_info info) {
       i++;
       continue;
     }
-    /* The descriptors that may share a message with i: same destination, inside the arena. */
-    int lim = i + 1;
-    if (h->gso) {
-      while (lim < count && lim - i < UDP_GSO_MAX_SEGS && addr[lim] == addr[i] && port[lim] == port[i] &&
-             off[lim] >= 0 && len[lim] > 0 && (size_t)off[lim] + (size_t)len[lim] <= alen)
-        lim++;
-    }
-    int j = gso_run_end(len, i, lim);
+    int j = h->gso ? gso_run_end(len, i, count, &descs) : i + 1;
     for (int k = i; k < j; k++) {
       h->msg_iov[niov + k - i].iov_base = arena + off[k];
       h->msg_iov[niov + k - i].iov_len = (size_t)len[k];

@@ -74,8 +74,6 @@ export interface TunnelGsoWorkers {
 export interface TunnelGsoDevice {
   readonly name: string;
   readonly handle: NativeHandle;
-  /** Opened IFF_MULTI_QUEUE: forwarding workers open their own queues of it by name. */
-  readonly multiQueue: boolean;
   /**
    * Attaches the TAP to the backend's socket (or says why not: the socket then segments
    * whole super-packets itself) and guards what leaves the underlay device from then on.
@@ -203,7 +201,6 @@ export async function openTunnelGso(
   const dev: TunnelGsoDevice = {
     name: r.name,
     handle,
-    multiQueue,
     attach(conn, underlayIface) {
       guard = attachTunnelOrSegment(conn, dev, log)
         ? guardTunnel(conn, underlayIface, log, () => workers)

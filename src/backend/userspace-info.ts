@@ -53,9 +53,5 @@ export function nativeIoStats(
   const connIo = io(conn);
   const main = { ...(tunIo ? { tunIo } : {}), ...(connIo ? { connIo } : {}) };
   if (!pool) return main;
-  const all = pool.ioStats(main);
-  return {
-    ...(all.tunIo ? { tunIo: { ...all.tunIo } } : {}),
-    ...(all.connIo ? { connIo: { ...all.connIo } } : {}),
-  };
+  return pool.ioStats(main);
 }

@@ -404,7 +404,7 @@ export class WorkerPool {
    * with every worker's added in, as of their latest reports. Flags (gsoEnabled,
    * tunnelAttached) stay the main thread's.
    */
-  ioStats(main: WorkerIo): WorkerIo {
+  ioStats(main: WorkerIo): { tunIo?: Record<string, number>; connIo?: Record<string, number> } {
     const FLAGS = new Set(['gsoEnabled', 'tunnelAttached']);
     const sum = (
       base: Readonly<Record<string, number>> | undefined,
