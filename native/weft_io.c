@@ -193,6 +193,7 @@ struct weft_handle {
   struct iovec *iov; /* MAX_COALESCE_SEGS + 2 */
   uint8_t hdr_save[120]; /* first packet's headers while a coalesced write is tried */
   int keep_super;        /* hand TCP super-packets up whole (jumbo region) instead of segmenting */
+  int uso_refused;       /* a UDP GSO write failed with EINVAL: runs of UDP datagrams are not coalesced */
   /* TAP (tunnel GSO) */
   uint8_t mac[6];
   /* UDP */
@@ -1199,12 +1200,12 @@ static int in_desc(const in_batch *b, int i, uint8_t **p, int *len) {
   return 1;
 }
 
-/* Header facts for a TCPv4 segment that may take part in coalescing. */
+/* Header facts for a TCPv4 segment or UDPv4 datagram that may take part in coalescing. */
 typedef struct {
-  int ihl, hdrlen, payload;
-} tcp_info;
+  int ihl, hdrlen, payload, proto;
+} run_info;
 
-static int tcp4_candidate(const uint8_t *p, int len, tcp_info *t) {
+static int tcp4_candidate(const uint8_t *p, int len, run_info *t) {
   int ihl, doff;
   if (!tcp4_lengths(p, len, &ihl, &doff)) return 0;
   if (p[ihl + 12] & 0x0f) return 0; /* reserved bits / AE */
@@ -1213,13 +1214,40 @@ static int tcp4_candidate(const uint8_t *p, int len, tcp_info *t) {
   t->ihl = ihl;
   t->hdrlen = ihl + doff;
   t->payload = len - t->hdrlen;
+  t->proto = 6;
   return t->payload > 0;
 }
 
-/* Can segment `b` follow `a` (the run's first packet `first`, previous `prev`)? */
-static int can_follow(const uint8_t *first, const tcp_info *tf, const uint8_t *prev, const tcp_info *tp,
-                      const uint8_t *b, const tcp_info *tb) {
-  if (tb->ihl != tf->ihl || tb->hdrlen != tf->hdrlen) return 0;
+/* An unfragmented UDP/IPv4 datagram with a payload whose lengths agree. */
+static int udp4_candidate(const uint8_t *p, int len, run_info *t) {
+  if (len < 29 || (p[0] >> 4) != 4 || p[9] != 17 || rd16(p + 2) != len) return 0;
+  if (rd16(p + 6) & 0x3fff) return 0; /* MF or fragment offset */
+  int ihl = (p[0] & 15) * 4;
+  if (ihl < 20 || len < ihl + 9 || rd16(p + ihl + 4) != len - ihl) return 0;
+  t->ihl = ihl;
+  t->hdrlen = ihl + 8;
+  t->payload = len - t->hdrlen;
+  t->proto = 17;
+  return 1;
+}
+
+/* `udp`: UDP datagrams may be coalesced too (the TUN takes USO writes). */
+static int run_candidate(const uint8_t *p, int len, int udp, run_info *t) {
+  if (len >= 20 && p[9] == 17) return udp && udp4_candidate(p, len, t);
+  return tcp4_candidate(p, len, t);
+}
+
+/*
+ * Can packet `b` follow `prev` in the run that `first` starts? What the kernel's segmentation
+ * will rebuild from the first packet's headers must be what each packet carried: the same
+ * IP header (TOS, DF, TTL, addresses, options) and ports; for TCP the same ACK, data offset
+ * and options, and contiguous sequence numbers; for UDP the next IP ID unless DF is set (the
+ * kernel numbers the segments' IDs on from the first; an ID only matters for reassembly,
+ * RFC 6864). No packet may carry more payload than the first (it sets the segment size).
+ */
+static int can_follow(const uint8_t *first, const run_info *tf, const uint8_t *prev, const run_info *tp,
+                      const uint8_t *b, const run_info *tb) {
+  if (tb->proto != tf->proto || tb->ihl != tf->ihl || tb->hdrlen != tf->hdrlen) return 0;
   int ihl = tf->ihl;
   if (first[1] != b[1]) return 0;                          /* TOS */
   if ((first[6] & 0x40) != (b[6] & 0x40)) return 0;        /* DF */
@@ -1228,40 +1256,47 @@ static int can_follow(const uint8_t *first, const tcp_info *tf, const uint8_t *p
   if (ihl > 20 && memcmp(first + 20, b + 20, (size_t)ihl - 20) != 0) return 0; /* IP options */
   const uint8_t *fa = first + ihl, *bb = b + ihl;
   if (memcmp(fa, bb, 4) != 0) return 0;                    /* ports */
+  if (tb->payload > tf->payload) return 0;
+  if (tf->proto == 17) {
+    if (!(first[6] & 0x40) && rd16(b + 4) != (uint16_t)(rd16(prev + 4) + 1)) return 0; /* IP ID */
+    return 1;
+  }
   if (memcmp(fa + 8, bb + 8, 4) != 0) return 0;            /* ack */
   if (fa[12] != bb[12]) return 0;                          /* data offset */
   if (tf->hdrlen - ihl > 20 && memcmp(fa + 20, bb + 20, (size_t)(tf->hdrlen - ihl - 20)) != 0) return 0;
   if (rd32(prev + tp->ihl + 4) + (uint32_t)tp->payload != rd32(bb + 4)) return 0; /* contiguous */
-  if (tb->payload > tf->payload) return 0;
   return 1;
 }
 
 /*
- * Finds the run starting at i. Returns its length (1 = no coalescing) and sets *total to
- * the super-packet's IP total length.
+ * Finds the run starting at i (UDP datagrams join runs only when `udp`). Returns its length
+ * (1 = no coalescing) and sets *total to the super-packet's IP total length.
  */
-static int find_run(const in_batch *b, int i, int *total) {
+static int find_run(const in_batch *b, int i, int udp, int *total) {
   uint8_t *first;
   int flen;
-  tcp_info tf;
-  if (!in_desc(b, i, &first, &flen) || !tcp4_candidate(first, flen, &tf)) return 1;
-  if (first[tf.ihl + 13] & 0x08) return 1; /* PSH only allowed on the last */
+  run_info tf;
+  if (!in_desc(b, i, &first, &flen) || !run_candidate(first, flen, udp, &tf)) return 1;
+  if (tf.proto == 6 && (first[tf.ihl + 13] & 0x08)) return 1; /* PSH only allowed on the last */
+  if (tf.proto == 17 && tf.payload == 0) return 1;
+  int max = tf.proto == 17 ? UDP_GSO_MAX_SEGS : MAX_COALESCE_SEGS;
   uint8_t *prev = first;
-  tcp_info tp = tf;
+  run_info tp = tf;
   int sum = flen;
   int n = 1;
-  for (int j = i + 1; j < b->count && n < MAX_COALESCE_SEGS; j++) {
+  for (int j = i + 1; j < b->count && n < max; j++) {
     uint8_t *p;
     int len;
-    tcp_info tj;
-    if (!in_desc(b, j, &p, &len) || !tcp4_candidate(p, len, &tj)) break;
+    run_info tj;
+    if (!in_desc(b, j, &p, &len) || !run_candidate(p, len, udp, &tj)) break;
     if (!can_follow(first, &tf, prev, &tp, p, &tj)) break;
     if (sum + tj.payload > 65535) break;
     sum += tj.payload;
     n++;
     prev = p;
     tp = tj;
-    if (tj.payload < tf.payload || (p[tj.ihl + 13] & 0x08)) break; /* shorter or PSH: last */
+    if (tj.payload < tf.payload) break; /* shorter: the last */
+    if (tj.proto == 6 && (p[tj.ihl + 13] & 0x08)) break; /* PSH: the last */
   }
   *total = sum;
   return n;
@@ -1274,24 +1309,31 @@ static int find_run(const in_batch *b, int i, int *total) {
 static int build_coalesced(const in_batch *b, int i, int n, int total, uint8_t *vh, struct iovec *iov) {
   uint8_t *first = NULL, *last = NULL;
   int flen = 0, llen = 0;
-  tcp_info tf = {0, 0, 0};
+  run_info tf = {0, 0, 0, 0};
   in_desc(b, i, &first, &flen);
-  tcp4_candidate(first, flen, &tf);
+  run_candidate(first, flen, 1, &tf);
   in_desc(b, i + n - 1, &last, &llen);
-  uint8_t *ft = first + tf.ihl;
+  uint8_t *l4 = first + tf.ihl;
   int ihl = tf.ihl;
   wr16(first + 2, (uint16_t)total);
   ip_fix_csum(first, ihl);
-  ft[13] = (uint8_t)((ft[13] & ~0x08) | (last[ihl + 13] & 0x08)); /* PSH from the last */
-  memcpy(ft + 14, last + ihl + 14, 2);                              /* newest window */
-  uint64_t s = pseudo4(first, 6, (uint32_t)(total - ihl));
-  wr16(ft + 16, csum_fold(s));
+  memset(vh, 0, VNET_HDR_LEN);
   vh[0] = VNET_F_NEEDS_CSUM;
-  vh[1] = VNET_GSO_TCPV4;
+  if (tf.proto == 17) {
+    wr16(l4 + 4, (uint16_t)(total - ihl));
+    wr16(l4 + 6, csum_fold(pseudo4(first, 17, (uint32_t)(total - ihl))));
+    vh[1] = VNET_GSO_UDP_L4;
+    wle16(vh + 8, 6);
+  } else {
+    l4[13] = (uint8_t)((l4[13] & ~0x08) | (last[ihl + 13] & 0x08)); /* PSH from the last */
+    memcpy(l4 + 14, last + ihl + 14, 2);                              /* newest window */
+    wr16(l4 + 16, csum_fold(pseudo4(first, 6, (uint32_t)(total - ihl))));
+    vh[1] = VNET_GSO_TCPV4;
+    wle16(vh + 8, 16);
+  }
   wle16(vh + 2, (uint16_t)tf.hdrlen);
   wle16(vh + 4, (uint16_t)tf.payload);
   wle16(vh + 6, (uint16_t)ihl);
-  wle16(vh + 8, 16);
   iov[0].iov_base = vh;
   iov[0].iov_len = VNET_HDR_LEN;
   iov[1].iov_base = first;
@@ -1464,6 +1506,7 @@ static napi_value js_tun_write(napi_env env, napi_callback_info info) {
   }
   int accepted = 0;
   int gro = h->vnet && (h->offload_bits & TUN_F_TSO4);
+  int udp_gro = gro && (h->offload_bits & TUN_F_USO4) && !h->uso_refused;
   uint8_t vh[VNET_HDR_LEN];
   for (int i = 0; i < b.count;) {
     uint8_t *p;
@@ -1474,11 +1517,13 @@ static napi_value js_tun_write(napi_env env, napi_callback_info info) {
       continue;
     }
     int total = 0;
-    int n = gro ? find_run(&b, i, &total) : 1;
+    int n = gro ? find_run(&b, i, udp_gro, &total) : 1;
     if (n > 1) {
       /* Keep the first packet's headers: if the kernel refuses the GSO write they are
        * restored and the run is written packet by packet. */
-      int hdrlen = (p[0] & 15) * 4 + (p[(p[0] & 15) * 4 + 12] >> 4) * 4;
+      run_info ri;
+      run_candidate(p, len, 1, &ri);
+      int hdrlen = ri.hdrlen;
       memcpy(h->hdr_save, p, (size_t)hdrlen);
       int k = build_coalesced(&b, i, n, total, vh, h->iov);
       ssize_t r;
@@ -1496,6 +1541,11 @@ static napi_value js_tun_write(napi_env env, napi_callback_info info) {
       }
       h->counters[errno == EAGAIN || errno == EWOULDBLOCK ? TC_EAGAIN : TC_ERRORS]++;
       memcpy(p, h->hdr_save, (size_t)hdrlen);
+      if (errno == EINVAL && ri.proto == 17) {
+        /* A kernel that announced USO but refuses UDP GSO writes: coalesce TCP only. */
+        h->uso_refused = 1;
+        udp_gro = 0;
+      }
       if (errno == EAGAIN || errno == EWOULDBLOCK) {
         i += n;
         continue;
@@ -1575,7 +1625,7 @@ static napi_value js_coalesce(napi_env env, napi_callback_info info) {
       continue;
     }
     int total = 0;
-    int n = find_run(&b, i, &total);
+    int n = find_run(&b, i, 1, &total);
     int k;
     if (n > 1) {
       k = build_coalesced(&b, i, n, total, vh, iov);

@@ -145,6 +145,14 @@ export interface TransferResult {
   readonly ms: number;
 }
 
+/** What `udpTrain` saw: datagrams sent, received, and received with wrong contents or length. */
+export interface UdpTrainResult {
+  readonly sent: number;
+  readonly received: number;
+  readonly corrupt: number;
+  readonly duplicates: number;
+}
+
 /** The parts of iperf3's JSON report (-J) weft reads. */
 export interface Iperf3Report {
   readonly error?: string;
@@ -271,6 +279,51 @@ export function parsePing(output: string, sent: number): PingResult {
 }
 
 /** TCP transfer peer, run with `node -e` inside a pod namespace (plain JS, no build step). */
+/**
+ * Bursts of UDP datagrams (WEFT_TRAIN_SIZES: one payload size per burst, WEFT_TRAIN_BURST
+ * datagrams each, 2 ms apart). Each payload is its sequence number followed by bytes derived
+ * from it, so the receiver checks every datagram's length and contents. The receiver quits
+ * 800 ms after the last datagram and prints what it saw as JSON.
+ */
+const UDP_TRAIN_SCRIPT = String.raw`
+const dgram = require('node:dgram');
+const port = Number(process.env.WEFT_TRAIN_PORT);
+const sizes = process.env.WEFT_TRAIN_SIZES.split(',').map(Number);
+const burst = Number(process.env.WEFT_TRAIN_BURST);
+const fill = (b, seq) => { b.writeUInt32BE(seq, 0); for (let i = 4; i < b.length; i++) b[i] = (seq * 7 + i) & 0xff; };
+if (process.env.WEFT_TRAIN_MODE === 'server') {
+  const seen = new Set();
+  let received = 0, corrupt = 0, duplicates = 0, idle;
+  const s = dgram.createSocket({ type: 'udp4', recvBufferSize: 8 << 20 });
+  s.on('message', (m) => {
+    received++;
+    const seq = m.length >= 4 ? m.readUInt32BE(0) : -1;
+    const want = Buffer.alloc(Math.max(4, sizes[Math.floor(seq / burst)] ?? 0));
+    fill(want, seq);
+    if (seq < 0 || !m.equals(want)) corrupt++;
+    else if (seen.has(seq)) duplicates++;
+    else seen.add(seq);
+    clearTimeout(idle);
+    idle = setTimeout(() => { console.log(JSON.stringify({ received, corrupt, duplicates })); process.exit(0); }, 800);
+  });
+  s.bind(port, '0.0.0.0', () => console.log('LISTENING'));
+} else {
+  const s = dgram.createSocket('udp4');
+  s.connect(port, process.env.WEFT_TRAIN_HOST, async () => {
+    let seq = 0;
+    for (const size of sizes) {
+      for (let i = 0; i < burst; i++) {
+        const b = Buffer.alloc(size);
+        fill(b, seq++);
+        s.send(b);
+      }
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    setTimeout(() => { console.log(JSON.stringify({ sent: seq })); process.exit(0); }, 200);
+  });
+}
+`;
+
 const TRANSFER_SCRIPT = String.raw`
 const net = require('node:net');
 const crypto = require('node:crypto');
@@ -804,6 +857,45 @@ export class Cluster {
       if (c.code !== 0)
         throw new TopologyError(`TCP transfer ${from.name} -> ${to.name} failed (${c.code}): ${c.stderr}`);
       return JSON.parse(c.stdout.trim()) as TransferResult;
+    } finally {
+      await server.stop('SIGKILL', 1000);
+    }
+  }
+
+  /**
+   * Bursts of `burst` UDP datagrams from `from` to `to`, one payload size per burst (each at
+   * least 4 bytes), every datagram's contents checked by the receiver.
+   */
+  async udpTrain(from: Pod, to: Pod, sizes: readonly number[], burst = 64): Promise<UdpTrainResult> {
+    const port = this.nextPort++;
+    const env = {
+      ...process.env,
+      WEFT_TRAIN_PORT: String(port),
+      WEFT_TRAIN_SIZES: sizes.join(','),
+      WEFT_TRAIN_BURST: String(burst),
+    };
+    const server = this.run.spawn(to.ns, process.execPath, ['-e', UDP_TRAIN_SCRIPT], {
+      env: { ...env, WEFT_TRAIN_MODE: 'server' },
+    });
+    try {
+      await waitFor(`the UDP receiver in ${to.name}`, 10_000, () => {
+        if (server.child.exitCode !== null)
+          throw new TopologyError(`UDP receiver failed: ${server.output()}`);
+        return server.output().includes('LISTENING') ? true : undefined;
+      });
+      const c = await capture(from.ns, process.execPath, ['-e', UDP_TRAIN_SCRIPT], {
+        timeoutMs: 30_000,
+        env: { ...env, WEFT_TRAIN_MODE: 'client', WEFT_TRAIN_HOST: to.addr },
+      });
+      if (c.code !== 0) throw new TopologyError(`UDP sender in ${from.name} failed (${c.code}): ${c.stderr}`);
+      const { sent } = JSON.parse(c.stdout.trim()) as { sent: number };
+      await Promise.race([server.exited, new Promise((r) => setTimeout(r, 10_000))]);
+      const line = server
+        .output()
+        .split('\n')
+        .find((l) => l.startsWith('{'));
+      if (!line) throw new TopologyError(`the UDP receiver reported nothing: ${server.output()}`);
+      return { sent, ...(JSON.parse(line) as Omit<UdpTrainResult, 'sent'>) };
     } finally {
       await server.stop('SIGKILL', 1000);
     }

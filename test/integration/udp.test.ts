@@ -1,6 +1,7 @@
 // End to end over the udp backend: two nodes in network namespaces, one weftd each on the
 // embedded lease store, pods behind cni0. Pods on different nodes ping both ways and move a
-// few MB over TCP intact (sha256 on both ends); a destination inside the Network that no
+// few MB over TCP intact (sha256 on both ends) and bursts of UDP datagrams intact (runs of
+// them reach the receiving pod through one USO TUN write); a destination inside the Network that no
 // node leases gets "Destination Net Unreachable" from the node's TUN address. Everything
 // again with --no-offloads. Afterwards the root namespace is unchanged and no namespace
 // with the run's prefix is left.
@@ -92,6 +93,38 @@ for (const offloads of [true, false]) {
         assert.equal(y.receivedBytes, 4 * MB);
         assert.equal(y.receivedSha256, y.sentSha256);
       });
+
+      await t.test(
+        offloads
+          ? 'bursts of UDP datagrams arrive intact; the receiving node writes runs of them to its TUN as one USO write'
+          : 'bursts of UDP datagrams arrive intact, written to the TUN one by one',
+        async () => {
+          const io = async (): Promise<{ writes: number; segments: number }> => {
+            const st = JSON.parse((await cluster.httpGet(n2, '/status')).stdout) as {
+              backendStats?: { tunIo?: { coalescedWrites?: number; coalescedSegments?: number } };
+            };
+            const tunIo = st.backendStats?.tunIo;
+            assert.ok(tunIo, 'the status shows the TUN counters');
+            return { writes: tunIo.coalescedWrites ?? NaN, segments: tunIo.coalescedSegments ?? NaN };
+          };
+          const before = await io();
+          // Payload sizes from 4 bytes to the largest that fits the MTU (1472 - 28).
+          const r = await cluster.udpTrain(a0, b0, [64, 1444, 200, 4, 1000, 64, 512, 1300], 64);
+          assert.equal(r.sent, 8 * 64);
+          assert.equal(r.corrupt, 0, 'every datagram has its own length and contents');
+          assert.equal(r.duplicates, 0);
+          assert.equal(r.received, r.sent, 'none lost');
+          const after = await io();
+          const writes = after.writes - before.writes;
+          const segments = after.segments - before.segments;
+          if (offloads) {
+            assert.ok(writes > 0, 'coalesced writes happened');
+            assert.ok(segments >= 2 * writes, `${segments} datagrams in ${writes} writes`);
+          } else {
+            assert.equal(writes, 0);
+          }
+        },
+      );
 
       await t.test(
         'a destination in the Network without a lease: ICMP net unreachable from the TUN address (TCP), none for ICMP',
