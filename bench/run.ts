@@ -31,7 +31,7 @@ import { WIREGUARD_GO_REF } from './refs/wireguard-go.ts';
 import { NEBULA_REF } from './refs/nebula.ts';
 import { UDP_PROXY_REF } from './refs/udp-proxy.ts';
 import { renderTargets, TARGET_REFERENCE, targetChecks } from './targets.ts';
-import { describeCosts, machineCosts } from './machine.ts';
+import { describeCosts, describeWake, machineCosts, wakeCosts } from './machine.ts';
 
 function pathById(id: string): PathSpec {
   const p = PATHS.find((x) => x.id === id);
@@ -277,6 +277,7 @@ async function main(): Promise<number> {
 
   process.stderr.write(`bench: ${rows.length} rows x ${runs} runs, ${seconds} s per test\n`);
   const costs = machineCosts();
+  const wake = await wakeCosts();
   const loadBefore = loadavg()[0] ?? 0;
   const started = Date.now();
   const summaries: RowSummary[] = [];
@@ -309,7 +310,7 @@ async function main(): Promise<number> {
       `TCP: iperf3 ${seconds} s, 1 and 4 streams; ping: ${pings} x 10 ms after 2000 back-to-back; UDP RR: sockperf ping-pong 64 B, ${seconds} s, full RTT;\n` +
       `64B: iperf3 UDP 64-byte payloads, unlimited rate, ${seconds} s, and (rows after kernel VXLAN) at kernel VXLAN's rate with 4 MiB socket buffers; vs kVX = ratio to kernel VXLAN; CPU s/Gbit = forwarder CPU during TCP 1 stream\n` +
       `(1-min load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after, on ${cpus().length} CPUs: other work on the machine lowers every row)\n` +
-      `(${describeCosts(costs)})\n\n`,
+      `(${describeCosts(costs)};\n ${describeWake(wake)})\n\n`,
   );
   process.stdout.write(`${renderBenchTable(summaries)}\n`);
   const targets = targetChecks(
@@ -334,6 +335,7 @@ async function main(): Promise<number> {
       loadavg1mBefore: loadBefore,
       loadavg1mAfter: loadAfter,
       ...costs,
+      ...(wake ? { wake } : {}),
     },
     test: {
       runs,
