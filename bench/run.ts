@@ -70,6 +70,7 @@ const FIGURES = [
   'udpRttP50Us',
   'udpRttP99Us',
   'smallPps',
+  'smallDeliveredPps',
   'smallLossPct',
   'smallAtRateLossPct',
   'tcpRetransmits',
@@ -78,7 +79,12 @@ const FIGURES = [
 ] as const satisfies readonly (keyof RoundResult)[];
 type Figure = (typeof FIGURES)[number];
 /** Throughput figures, which get a ratio to the reference row. */
-const THROUGHPUT = ['tcpGbps', 'tcp4Gbps', 'smallPps'] as const satisfies readonly Figure[];
+const THROUGHPUT = [
+  'tcpGbps',
+  'tcp4Gbps',
+  'smallPps',
+  'smallDeliveredPps',
+] as const satisfies readonly Figure[];
 
 interface Stat {
   readonly median: number;
@@ -169,6 +175,8 @@ function renderBenchTable(rows: readonly RowSummary[]): string {
     'UDP RR p50 / p99 µs',
     '64B kpps',
     'vs kVX',
+    'to pod kpps',
+    'vs kVX',
     'loss %',
     'loss % at kVX rate',
     'CPU s/Gbit',
@@ -186,6 +194,8 @@ function renderBenchTable(rows: readonly RowSummary[]): string {
       pair(f.udpRttP50Us, f.udpRttP99Us),
       withSpread(f.smallPps, 0, 1000),
       ratio(f.smallPps),
+      withSpread(f.smallDeliveredPps, 0, 1000),
+      ratio(f.smallDeliveredPps),
       withSpread(f.smallLossPct, 1),
       withSpread(f.smallAtRateLossPct, 2),
       r.userspace ? withSpread(f.cpuSecondsPerGbit, 3) : 'kernel',

@@ -10,6 +10,7 @@ export type TargetFigure =
   | 'tcpGbps'
   | 'tcp4Gbps'
   | 'smallPps'
+  | 'smallDeliveredPps'
   | 'smallAtRateLossPct'
   | 'rttP50Us'
   | 'udpRttP50Us';
@@ -65,10 +66,19 @@ export function targetChecks(fig: FigureLookup): TargetCheck[] {
     fig(ref, 'tcp4Gbps'),
     0.75,
   );
+  // Two readings of "forwarded packets/s": what the receiving program read, and what the
+  // path handed to the receiving pod (read or dropped at its full socket). They differ when
+  // the unthrottled sender and both nodes leave the receiving program short of CPU.
   ratioCheck(
-    'weft udp 64-byte packets/s >= kernel VXLAN (#6)',
+    'weft udp 64-byte packets/s read by the receiving pod >= kernel VXLAN (#6)',
     fig('udp', 'smallPps'),
     fig(ref, 'smallPps'),
+    1,
+  );
+  ratioCheck(
+    'weft udp 64-byte packets/s delivered to the receiving pod >= kernel VXLAN (#6)',
+    fig('udp', 'smallDeliveredPps'),
+    fig(ref, 'smallDeliveredPps'),
     1,
   );
   const loss = fig('udp', 'smallAtRateLossPct');

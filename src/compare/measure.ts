@@ -28,7 +28,14 @@ export interface PathResult {
   /** UDP request/response round trip, 64-byte messages (only when MeasureOptions.udpRr). */
   readonly udpRttP50Us?: number;
   readonly udpRttP99Us?: number;
+  /** 64-byte UDP packets/s read by the receiving iperf3. */
   readonly smallPps?: number;
+  /**
+   * 64-byte UDP packets/s the path delivered to the receiving pod's UDP stack: read, or
+   * dropped there because the receiving program's socket buffer was full (the pod's
+   * InDatagrams + RcvbufErrors). Above `smallPps` when the receiving program is short of CPU.
+   */
+  readonly smallDeliveredPps?: number;
   readonly smallLossPct?: number;
   /**
    * Loss of 64-byte packets offered at a fixed rate (MeasureOptions.smallRatePps, the
@@ -104,6 +111,31 @@ function forwarderPids(path: PathSpec, cluster: Cluster): number[] {
   return roots.filter((p) => p > 0).flatMap(withDescendants);
 }
 
+/** The Udp counters of a network namespace's /proc/net/snmp that tell delivered from read. */
+export interface UdpSnmp {
+  readonly inDatagrams: number;
+  readonly rcvbufErrors: number;
+}
+
+/** Parses the "Udp:" header and value lines of /proc/net/snmp. */
+export function parseUdpSnmp(text: string): UdpSnmp {
+  const lines = text.split('\n').filter((l) => l.startsWith('Udp: '));
+  const [names, values] = lines.map((l) => l.slice(5).trim().split(/\s+/));
+  if (!names || !values || names.length !== values.length)
+    throw new Error('/proc/net/snmp has no Udp counters');
+  const get = (k: string): number => {
+    const i = names.indexOf(k);
+    const v = i >= 0 ? Number(values[i]) : NaN;
+    if (!Number.isFinite(v)) throw new Error(`/proc/net/snmp has no Udp ${k}`);
+    return v;
+  };
+  return { inDatagrams: get('InDatagrams'), rcvbufErrors: get('RcvbufErrors') };
+}
+
+async function udpSnmp(cluster: Cluster, pod: Pod): Promise<UdpSnmp> {
+  return parseUdpSnmp(await cluster.run.exec(pod.ns, 'cat', ['/proc/net/snmp']));
+}
+
 /**
  * iperf3 UDP with 64-byte payloads at `ratePps` packets/s (0 = as fast as iperf3 can send).
  * At a fixed rate the sockets get 4 MiB buffers (-w): the question there is whether the path
@@ -117,14 +149,21 @@ async function udpSmallPackets(
   to: Pod,
   seconds: number,
   ratePps = 0,
-): Promise<{ pps: number; lossPct: number }> {
+): Promise<{ pps: number; deliveredPps: number; lossPct: number }> {
   // iperf3 -b counts payload bits.
   const args = ['-u', '-l', '64', '-b', String(Math.round(ratePps * 64 * 8)), '-t', String(seconds)];
+  const before = await udpSnmp(cluster, to);
   const j = await cluster.iperf3(from, to, ratePps > 0 ? [...args, '-w', '4M'] : args, seconds);
+  const after = await udpSnmp(cluster, to);
   const sum = j.end?.sum;
   if (!sum?.packets || !sum.seconds) throw new Error('iperf3 UDP: no result');
   const lost = sum.lost_packets ?? 0;
-  return { pps: (sum.packets - lost) / sum.seconds, lossPct: (lost / sum.packets) * 100 };
+  const delivered = after.inDatagrams - before.inDatagrams + (after.rcvbufErrors - before.rcvbufErrors);
+  return {
+    pps: (sum.packets - lost) / sum.seconds,
+    deliveredPps: delivered / sum.seconds,
+    lossPct: (lost / sum.packets) * 100,
+  };
 }
 
 /** iperf3 TCP with `streams` parallel streams; Gbit/s received. */
@@ -248,6 +287,7 @@ async function measureRound(
     ...(tcp4Gbps !== undefined ? { tcp4Gbps } : {}),
     ...(rr ? { udpRttP50Us: rr.p50Us, udpRttP99Us: rr.p99Us } : {}),
     smallPps: small.pps,
+    smallDeliveredPps: small.deliveredPps,
     smallLossPct: small.lossPct,
     ...(atRate ? { smallAtRateLossPct: atRate.lossPct } : {}),
     ...(userspace

@@ -62,6 +62,7 @@ void test('bench/run.ts --runs 1 --seconds 1 --only direct,udp,nebula prints the
     'ping p50 / p99 µs',
     'UDP RR p50 / p99 µs',
     '64B kpps',
+    'to pod kpps',
     'loss %',
     'CPU s/Gbit',
   ])
@@ -83,7 +84,16 @@ void test('bench/run.ts --runs 1 --seconds 1 --only direct,udp,nebula prints the
   );
   for (const row of report.rows) {
     assert.equal(row.error, undefined, `${row.name} failed: ${row.error}`);
-    const need = ['tcpGbps', 'tcp4Gbps', 'rttP50Us', 'rttP99Us', 'udpRttP50Us', 'udpRttP99Us', 'smallPps'];
+    const need = [
+      'tcpGbps',
+      'tcp4Gbps',
+      'rttP50Us',
+      'rttP99Us',
+      'udpRttP50Us',
+      'udpRttP99Us',
+      'smallPps',
+      'smallDeliveredPps',
+    ];
     if (row.userspace) need.push('cpuSecondsPerGbit', 'forwarderCpu');
     for (const f of need) {
       const s = row.figures[f];
@@ -95,6 +105,8 @@ void test('bench/run.ts --runs 1 --seconds 1 --only direct,udp,nebula prints the
     assert.ok(row.figures.rttP99Us!.median >= row.figures.rttP50Us!.median);
     assert.ok(row.figures.udpRttP99Us!.median >= row.figures.udpRttP50Us!.median);
     assert.ok(row.figures.smallLossPct && row.figures.smallLossPct.median >= 0);
+    // What reached the pod's UDP stack includes what its program read.
+    assert.ok(row.figures.smallDeliveredPps!.median >= 0.99 * row.figures.smallPps!.median, row.name);
   }
   assert.equal(report.rows.find((x) => x.id === 'direct')?.userspace, false);
 
