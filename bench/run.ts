@@ -76,6 +76,8 @@ const FIGURES = [
   'tcpRetransmits',
   'forwarderCpu',
   'cpuSecondsPerGbit',
+  'cpuSecondsPerGbit4',
+  'cpuUsPerSmallPacket',
 ] as const satisfies readonly (keyof RoundResult)[];
 type Figure = (typeof FIGURES)[number];
 /** Throughput figures, which get a ratio to the reference row. */
@@ -180,6 +182,8 @@ function renderBenchTable(rows: readonly RowSummary[]): string {
     'loss %',
     'loss % at kVX rate',
     'CPU s/Gbit',
+    'x4 CPU s/Gbit',
+    '64B CPU µs/pkt',
   ];
   const body = rows.map((r) => {
     if (r.error !== undefined) return [r.name, `FAILED: ${r.error.slice(0, 100)}`];
@@ -199,6 +203,8 @@ function renderBenchTable(rows: readonly RowSummary[]): string {
       withSpread(f.smallLossPct, 1),
       withSpread(f.smallAtRateLossPct, 2),
       r.userspace ? withSpread(f.cpuSecondsPerGbit, 3) : 'kernel',
+      r.userspace ? withSpread(f.cpuSecondsPerGbit4, 3) : 'kernel',
+      r.userspace ? withSpread(f.cpuUsPerSmallPacket, 2) : 'kernel',
     ];
   });
   // A failed row's message spans the figure columns, so it does not set their widths.
@@ -318,7 +324,7 @@ async function main(): Promise<number> {
   process.stdout.write(
     `\nPod to pod across 2 nodes in network namespaces (veth underlay, MTU 1500); each figure is the median of ${runs} run${runs > 1 ? 's' : ''} (min-max)\n` +
       `TCP: iperf3 ${seconds} s, 1 and 4 streams; ping: ${pings} x 10 ms after 2000 back-to-back; UDP RR: sockperf ping-pong 64 B, ${seconds} s, full RTT;\n` +
-      `64B: iperf3 UDP 64-byte payloads, unlimited rate, ${seconds} s, and (rows after kernel VXLAN) at kernel VXLAN's rate with 4 MiB socket buffers; vs kVX = ratio to kernel VXLAN; CPU s/Gbit = forwarder CPU during TCP 1 stream\n` +
+      `64B: iperf3 UDP 64-byte payloads, unlimited rate, ${seconds} s, and (rows after kernel VXLAN) at kernel VXLAN's rate with 4 MiB socket buffers; vs kVX = ratio to kernel VXLAN; to pod = delivered to the receiving pod's UDP stack (read or dropped at its full socket);\nCPU = the forwarder processes' CPU (all threads) during TCP 1 stream, TCP 4 streams, and per 64-byte packet delivered at unlimited rate\n` +
       `(1-min load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after, on ${cpus().length} CPUs: other work on the machine lowers every row)\n` +
       `(${describeCosts(costs)};\n ${describeWake(wake)})\n\n`,
   );

@@ -46,6 +46,10 @@ export interface PathResult {
   readonly forwarderCpu?: number;
   /** Forwarder CPU seconds per Gbit transferred (lower is better). */
   readonly cpuSecondsPerGbit?: number;
+  /** The same during the 4-stream test (only when MeasureOptions.tcp4). */
+  readonly cpuSecondsPerGbit4?: number;
+  /** Forwarder CPU µs per 64-byte packet delivered to the receiving pod (unlimited rate). */
+  readonly cpuUsPerSmallPacket?: number;
   readonly error?: string;
 }
 
@@ -255,16 +259,23 @@ async function measureRound(
 
   progress(`TCP ${opts.seconds} s`);
   const pids = forwarderPids(path, cluster);
-  const cpu0 = pids.reduce((s, p) => s + cpuSeconds(p), 0);
-  const t0 = process.hrtime.bigint();
-  const tcp = await cluster.iperf(a, b, opts.seconds);
-  const wall = Number(process.hrtime.bigint() - t0) / 1e9;
-  const cpu = pids.reduce((s, p) => s + cpuSeconds(p), 0) - cpu0;
+  // Forwarder CPU seconds (all its processes and threads) used while `f` runs.
+  const withCpu = async <T>(f: () => Promise<T>): Promise<{ r: T; cpu: number; wall: number }> => {
+    const c0 = pids.reduce((s, p) => s + cpuSeconds(p), 0);
+    const t0 = process.hrtime.bigint();
+    const r = await f();
+    const wall = Number(process.hrtime.bigint() - t0) / 1e9;
+    return { r, cpu: pids.reduce((s, p) => s + cpuSeconds(p), 0) - c0, wall };
+  };
+  const { r: tcp, cpu, wall } = await withCpu(() => cluster.iperf(a, b, opts.seconds));
 
   let tcp4Gbps: number | undefined;
+  let cpu4 = 0;
   if (opts.tcp4) {
     progress(`TCP x4 ${opts.seconds} s`);
-    tcp4Gbps = await tcpStreams(cluster, a, b, opts.seconds, 4);
+    const m = await withCpu(() => tcpStreams(cluster, a, b, opts.seconds, 4));
+    tcp4Gbps = m.r;
+    cpu4 = m.cpu;
   }
   let rr: { p50Us: number; p99Us: number } | undefined;
   if (opts.udpRr) {
@@ -272,7 +283,7 @@ async function measureRound(
     rr = await udpRequestResponse(cluster, a, b, opts.seconds);
   }
   progress(`64-byte UDP ${opts.seconds} s`);
-  const small = await udpSmallPackets(cluster, a, b, opts.seconds);
+  const { r: small, cpu: smallCpu } = await withCpu(() => udpSmallPackets(cluster, a, b, opts.seconds));
   let atRate: { lossPct: number } | undefined;
   if (opts.smallRatePps !== undefined && opts.smallRatePps > 0) {
     progress(`64-byte UDP at ${Math.round(opts.smallRatePps)} packets/s, ${opts.seconds} s`);
@@ -291,7 +302,14 @@ async function measureRound(
     smallLossPct: small.lossPct,
     ...(atRate ? { smallAtRateLossPct: atRate.lossPct } : {}),
     ...(userspace
-      ? { forwarderCpu: cpu / wall, cpuSecondsPerGbit: cpu / Math.max(1e-9, tcp.gbps * opts.seconds) }
+      ? {
+          forwarderCpu: cpu / wall,
+          cpuSecondsPerGbit: cpu / Math.max(1e-9, tcp.gbps * opts.seconds),
+          ...(tcp4Gbps !== undefined
+            ? { cpuSecondsPerGbit4: cpu4 / Math.max(1e-9, tcp4Gbps * opts.seconds) }
+            : {}),
+          cpuUsPerSmallPacket: (smallCpu * 1e6) / Math.max(1, small.deliveredPps * opts.seconds),
+        }
       : {}),
   };
 }

@@ -65,6 +65,8 @@ void test('bench/run.ts --runs 1 --seconds 1 --only direct,udp,nebula prints the
     'to pod kpps',
     'loss %',
     'CPU s/Gbit',
+    'x4 CPU s/Gbit',
+    '64B CPU µs/pkt',
   ])
     assert.ok(header.includes(col), `column "${col}" missing from: ${header}`);
   for (const name of ['direct routing', 'weft udp', 'nebula (reference)']) {
@@ -94,7 +96,8 @@ void test('bench/run.ts --runs 1 --seconds 1 --only direct,udp,nebula prints the
       'smallPps',
       'smallDeliveredPps',
     ];
-    if (row.userspace) need.push('cpuSecondsPerGbit', 'forwarderCpu');
+    if (row.userspace)
+      need.push('cpuSecondsPerGbit', 'cpuSecondsPerGbit4', 'cpuUsPerSmallPacket', 'forwarderCpu');
     for (const f of need) {
       const s = row.figures[f];
       assert.ok(s, `${row.name}: no ${f}`);
