@@ -836,14 +836,11 @@ export class Cluster {
    */
   async tcpTransfer(from: Pod, to: Pod, bytes: number, timeoutMs = 60_000): Promise<TransferResult> {
     const port = this.nextPort++;
-    const env = { ...process.env, WEFT_XFER_MODE: 'server', WEFT_XFER_PORT: String(port) };
-    const server = this.run.spawn(to.ns, process.execPath, ['-e', TRANSFER_SCRIPT], { env });
+    const server = await this.startReceiver(to, TRANSFER_SCRIPT, 'TCP', {
+      WEFT_XFER_MODE: 'server',
+      WEFT_XFER_PORT: String(port),
+    });
     try {
-      await waitFor(`the TCP receiver in ${to.name}`, 10_000, () => {
-        if (server.child.exitCode !== null)
-          throw new TopologyError(`TCP receiver failed: ${server.output()}`);
-        return server.output().includes('LISTENING') ? true : undefined;
-      });
       const c = await capture(from.ns, process.execPath, ['-e', TRANSFER_SCRIPT], {
         timeoutMs,
         env: {
@@ -862,6 +859,29 @@ export class Cluster {
     }
   }
 
+  /** Starts `script` in `pod` as a receiver and waits until it prints LISTENING. */
+  private async startReceiver(
+    pod: Pod,
+    script: string,
+    what: string,
+    env: Record<string, string>,
+  ): Promise<SpawnedProcess> {
+    const server = this.run.spawn(pod.ns, process.execPath, ['-e', script], {
+      env: { ...process.env, ...env },
+    });
+    try {
+      await waitFor(`the ${what} receiver in ${pod.name}`, 10_000, () => {
+        if (server.child.exitCode !== null)
+          throw new TopologyError(`${what} receiver failed: ${server.output()}`);
+        return server.output().includes('LISTENING') ? true : undefined;
+      });
+    } catch (err) {
+      await server.stop('SIGKILL', 1000);
+      throw err;
+    }
+    return server;
+  }
+
   /**
    * Bursts of `burst` UDP datagrams from `from` to `to`, one payload size per burst (each at
    * least 4 bytes), every datagram's contents checked by the receiver.
@@ -869,23 +889,18 @@ export class Cluster {
   async udpTrain(from: Pod, to: Pod, sizes: readonly number[], burst = 64): Promise<UdpTrainResult> {
     const port = this.nextPort++;
     const env = {
-      ...process.env,
       WEFT_TRAIN_PORT: String(port),
       WEFT_TRAIN_SIZES: sizes.join(','),
       WEFT_TRAIN_BURST: String(burst),
     };
-    const server = this.run.spawn(to.ns, process.execPath, ['-e', UDP_TRAIN_SCRIPT], {
-      env: { ...env, WEFT_TRAIN_MODE: 'server' },
+    const server = await this.startReceiver(to, UDP_TRAIN_SCRIPT, 'UDP', {
+      ...env,
+      WEFT_TRAIN_MODE: 'server',
     });
     try {
-      await waitFor(`the UDP receiver in ${to.name}`, 10_000, () => {
-        if (server.child.exitCode !== null)
-          throw new TopologyError(`UDP receiver failed: ${server.output()}`);
-        return server.output().includes('LISTENING') ? true : undefined;
-      });
       const c = await capture(from.ns, process.execPath, ['-e', UDP_TRAIN_SCRIPT], {
         timeoutMs: 30_000,
-        env: { ...env, WEFT_TRAIN_MODE: 'client', WEFT_TRAIN_HOST: to.addr },
+        env: { ...process.env, ...env, WEFT_TRAIN_MODE: 'client', WEFT_TRAIN_HOST: to.addr },
       });
       if (c.code !== 0) throw new TopologyError(`UDP sender in ${from.name} failed (${c.code}): ${c.stderr}`);
       const { sent } = JSON.parse(c.stdout.trim()) as { sent: number };

@@ -4,8 +4,8 @@
 // fixes lengths and checksums the way the kernel does), and every case that must not merge.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { loadAddon } from '../../src/native/addon.ts';
 import { PacketBatch } from '../../src/tun/batch.ts';
+import { batchOf, coalesceBatch, segmentInto } from './fixtures/hooks.ts';
 import {
   fold,
   ipChecksumOk,
@@ -16,19 +16,10 @@ import {
   udpPacket,
 } from './fixtures/packets.ts';
 
-const addon = loadAddon();
-
 type UdpSpec = Parameters<typeof udpPacket>[0];
 
-function batchOf(packets: Buffer[]): PacketBatch {
-  const b = PacketBatch.forSlots(Math.max(packets.length, 1), 2048, 64);
-  for (const p of packets) assert.ok(b.pushCopy(p) >= 0);
-  return b;
-}
-
 function coalesce(packets: Buffer[]): Buffer[] {
-  const b = batchOf(packets);
-  return addon.coalesce(b.arena, b.offset, b.length, b.count);
+  return coalesceBatch(batchOf(packets));
 }
 
 /** Datagrams of one flow with consecutive IP IDs: sizes[i] payload bytes each. */
@@ -48,16 +39,7 @@ function noDf(p: Buffer): Buffer {
 /** What the kernel does with a USO write: cut it back into datagrams (the addon's segmenter). */
 function resegment(write: Buffer, expected: number): Buffer[] {
   const batch = PacketBatch.forSlots(expected + 1, 2048, 16);
-  const n = addon.segment(
-    write,
-    batch.arena,
-    batch.headroom,
-    batch.slotSize,
-    batch.capacity,
-    batch.offset,
-    batch.length,
-  );
-  batch.count = n;
+  const n = segmentInto(write, batch);
   return Array.from({ length: n }, (_, i) => Buffer.from(batch.view(i)));
 }
 

@@ -2,8 +2,7 @@
 // (the exact bytes tunWrite would hand the kernel), plus the cases that must not coalesce.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { loadAddon } from '../../src/native/addon.ts';
-import { PacketBatch } from '../../src/tun/batch.ts';
+import { batchOf, coalesceBatch as coalesce } from './fixtures/hooks.ts';
 import type { TcpSpec } from './fixtures/packets.ts';
 import {
   TCP,
@@ -16,18 +15,6 @@ import {
   sum16,
   tcpPacket,
 } from './fixtures/packets.ts';
-
-const addon = loadAddon();
-
-function batchOf(packets: Buffer[]): PacketBatch {
-  const b = PacketBatch.forSlots(Math.max(packets.length, 1), 2048, 64);
-  for (const p of packets) assert.ok(b.pushCopy(p) >= 0);
-  return b;
-}
-
-function coalesce(b: PacketBatch): Buffer[] {
-  return addon.coalesce(b.arena, b.offset, b.length, b.count);
-}
 
 /** A flow of segments: sizes[i] bytes each, contiguous sequence numbers. */
 function flow(sizes: number[], base: Partial<TcpSpec> = {}, seq0 = 5000): Buffer[] {

@@ -4,8 +4,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import fc from 'fast-check';
-import { loadAddon } from '../../src/native/addon.ts';
 import { PacketBatch } from '../../src/tun/batch.ts';
+import { coalesceBatch, segmentInto } from './fixtures/hooks.ts';
 import {
   TCP,
   TS_OPTION,
@@ -17,8 +17,6 @@ import {
   tcpPacket,
   vnetHdr,
 } from './fixtures/packets.ts';
-
-const addon = loadAddon();
 
 void test('segment then coalesce is the identity on the payload and verifies every checksum', () => {
   fc.assert(
@@ -39,23 +37,14 @@ void test('segment then coalesce is the identity on the payload and verifies eve
         ]);
         const segs = Math.ceil(payloadLen / gso);
         const batch = PacketBatch.forSlots(segs, 2048, 16);
-        const n = addon.segment(
-          input,
-          batch.arena,
-          batch.headroom,
-          batch.slotSize,
-          batch.capacity,
-          batch.offset,
-          batch.length,
-        );
-        batch.count = n;
+        const n = segmentInto(input, batch);
         assert.equal(n, segs);
         for (let i = 0; i < n; i++) {
           const p = batch.view(i);
           assert.ok(ipChecksumOk(p) && l4ChecksumOk(p), `segment ${i}`);
           assert.equal(p.readUInt32BE(24), (seq + i * gso) >>> 0);
         }
-        const writes = addon.coalesce(batch.arena, batch.offset, batch.length, batch.count);
+        const writes = coalesceBatch(batch);
         // Runs end at 256 segments (and before 65535 bytes, never reached here).
         assert.equal(writes.length, Math.ceil(n / 256));
         let got = Buffer.alloc(0);
@@ -91,16 +80,10 @@ void test('NEEDS_CSUM completion matches the JS checksum for odd and even length
     fc.property(fc.integer({ min: 0, max: 1400 }), fc.integer({ min: 1, max: 1000 }), (len, seed) => {
       const pkt = tcpPacket({ payload: pattern(len, seed), partialCsum: true });
       const batch = PacketBatch.forSlots(1, 2048, 0);
-      const n = addon.segment(
+      const n = segmentInto(
         Buffer.concat([vnetHdr({ flags: 1, csumStart: 20, csumOffset: 16 }), pkt]),
-        batch.arena,
-        0,
-        2048,
-        1,
-        batch.offset,
-        batch.length,
+        batch,
       );
-      batch.count = n;
       assert.equal(n, 1);
       assert.ok(l4ChecksumOk(batch.view(0)));
     }),

@@ -3,8 +3,8 @@
 // independent JS implementation in fixtures/packets.ts.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { loadAddon } from '../../src/native/addon.ts';
 import { PacketBatch } from '../../src/tun/batch.ts';
+import { segmentInto } from './fixtures/hooks.ts';
 import {
   TCP,
   TS_OPTION,
@@ -16,21 +16,7 @@ import {
   vnetHdr,
 } from './fixtures/packets.ts';
 
-const addon = loadAddon();
-
-function segment(input: Buffer, batch: PacketBatch): number {
-  const n = addon.segment(
-    input,
-    batch.arena,
-    batch.headroom,
-    batch.slotSize,
-    batch.capacity,
-    batch.offset,
-    batch.length,
-  );
-  batch.count = n;
-  return n;
-}
+const segment = segmentInto;
 
 void test('TCP super-packet is split into MTU-sized segments with every field fixed', () => {
   const gso = 1000;
