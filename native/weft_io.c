@@ -1218,7 +1218,11 @@ static int tcp4_candidate(const uint8_t *p, int len, run_info *t) {
   return t->payload > 0;
 }
 
-/* An unfragmented UDP/IPv4 datagram with a payload whose lengths agree. */
+/*
+ * An unfragmented UDP/IPv4 datagram with a payload (at least one byte) whose lengths agree.
+ * One sent without a checksum (0) arrives with one when coalesced: the kernel computes every
+ * segment's.
+ */
 static int udp4_candidate(const uint8_t *p, int len, run_info *t) {
   if (len < 29 || (p[0] >> 4) != 4 || p[9] != 17 || rd16(p + 2) != len) return 0;
   if (rd16(p + 6) & 0x3fff) return 0; /* MF or fragment offset */
@@ -1278,7 +1282,6 @@ static int find_run(const in_batch *b, int i, int udp, int *total) {
   run_info tf;
   if (!in_desc(b, i, &first, &flen) || !run_candidate(first, flen, udp, &tf)) return 1;
   if (tf.proto == 6 && (first[tf.ihl + 13] & 0x08)) return 1; /* PSH only allowed on the last */
-  if (tf.proto == 17 && tf.payload == 0) return 1;
   int max = tf.proto == 17 ? UDP_GSO_MAX_SEGS : MAX_COALESCE_SEGS;
   uint8_t *prev = first;
   run_info tp = tf;
