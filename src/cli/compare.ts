@@ -40,6 +40,7 @@ export function renderTable(results: readonly PathResult[], reference = 'kernel-
       'RTT p50 µs',
       'RTT p99 µs',
       '64B kpps',
+      'to pod kpps',
       'loss %',
       'overhead B',
       'MTU',
@@ -48,7 +49,20 @@ export function renderTable(results: readonly PathResult[], reference = 'kernel-
     ],
     results.map((r) =>
       r.error
-        ? [r.name, `failed: ${r.error.slice(0, 60)}`, '', '', '', '', '', String(r.overheadBytes), '', '', '']
+        ? [
+            r.name,
+            `failed: ${r.error.slice(0, 60)}`,
+            '',
+            '',
+            '',
+            '',
+            '',
+            '',
+            String(r.overheadBytes),
+            '',
+            '',
+            '',
+          ]
         : [
             r.name,
             fmt(r.tcpGbps, 2),
@@ -56,6 +70,7 @@ export function renderTable(results: readonly PathResult[], reference = 'kernel-
             fmt(r.rttP50Us, 0),
             fmt(r.rttP99Us, 0),
             fmt(r.smallPps !== undefined ? r.smallPps / 1000 : undefined, 0),
+            fmt(r.smallDeliveredPps !== undefined ? r.smallDeliveredPps / 1000 : undefined, 0),
             fmt(r.smallLossPct, 1),
             String(r.overheadBytes),
             r.mtu !== undefined ? String(r.mtu) : '-',
