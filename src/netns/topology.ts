@@ -324,6 +324,72 @@ if (process.env.WEFT_TRAIN_MODE === 'server') {
 }
 `;
 
+/** Where a helper program runs: a namespace, a name for messages, and (to receive) an address. */
+export interface Endpoint {
+  readonly name: string;
+  readonly ns: string;
+  readonly addr: string;
+}
+
+/** Starts `script` in `at` as a receiver and waits until it prints LISTENING. */
+async function startReceiver(
+  run: NetnsRun,
+  at: Endpoint,
+  script: string,
+  what: string,
+  env: Record<string, string>,
+): Promise<SpawnedProcess> {
+  const server = run.spawn(at.ns, process.execPath, ['-e', script], { env: { ...process.env, ...env } });
+  try {
+    await waitFor(`the ${what} receiver in ${at.name}`, 10_000, () => {
+      if (server.child.exitCode !== null)
+        throw new TopologyError(`${what} receiver failed: ${server.output()}`);
+      return server.output().includes('LISTENING') ? true : undefined;
+    });
+  } catch (err) {
+    await server.stop('SIGKILL', 1000);
+    throw err;
+  }
+  return server;
+}
+
+/**
+ * Bursts of `burst` UDP datagrams from `from` to `to` (UDP `port`), one payload size per
+ * burst (each at least 4 bytes), every datagram's contents checked by the receiver.
+ */
+export async function udpTrain(
+  run: NetnsRun,
+  from: Endpoint,
+  to: Endpoint,
+  sizes: readonly number[],
+  burst: number,
+  port: number,
+): Promise<UdpTrainResult> {
+  const env = {
+    WEFT_TRAIN_PORT: String(port),
+    WEFT_TRAIN_SIZES: sizes.join(','),
+    WEFT_TRAIN_BURST: String(burst),
+  };
+  const server = await startReceiver(run, to, UDP_TRAIN_SCRIPT, 'UDP', { ...env, WEFT_TRAIN_MODE: 'server' });
+  try {
+    const c = await capture(from.ns, process.execPath, ['-e', UDP_TRAIN_SCRIPT], {
+      timeoutMs: 30_000,
+      env: { ...process.env, ...env, WEFT_TRAIN_MODE: 'client', WEFT_TRAIN_HOST: to.addr },
+    });
+    if (c.code !== 0) throw new TopologyError(`UDP sender in ${from.name} failed (${c.code}): ${c.stderr}`);
+    const { sent } = JSON.parse(c.stdout.trim()) as { sent: number };
+    await Promise.race([server.exited, new Promise((r) => setTimeout(r, 10_000))]);
+    const line = server
+      .output()
+      .split('\n')
+      .find((l) => l.startsWith('{'));
+    if (!line) throw new TopologyError(`the UDP receiver reported nothing: ${server.output()}`);
+    return { sent, ...(JSON.parse(line) as Omit<UdpTrainResult, 'sent'>) };
+  } finally {
+    await server.stop('SIGKILL', 1000);
+  }
+}
+
 const TRANSFER_SCRIPT = String.raw`
 const net = require('node:net');
 const crypto = require('node:crypto');
@@ -836,7 +902,7 @@ export class Cluster {
    */
   async tcpTransfer(from: Pod, to: Pod, bytes: number, timeoutMs = 60_000): Promise<TransferResult> {
     const port = this.nextPort++;
-    const server = await this.startReceiver(to, TRANSFER_SCRIPT, 'TCP', {
+    const server = await startReceiver(this.run, to, TRANSFER_SCRIPT, 'TCP', {
       WEFT_XFER_MODE: 'server',
       WEFT_XFER_PORT: String(port),
     });
@@ -859,61 +925,12 @@ export class Cluster {
     }
   }
 
-  /** Starts `script` in `pod` as a receiver and waits until it prints LISTENING. */
-  private async startReceiver(
-    pod: Pod,
-    script: string,
-    what: string,
-    env: Record<string, string>,
-  ): Promise<SpawnedProcess> {
-    const server = this.run.spawn(pod.ns, process.execPath, ['-e', script], {
-      env: { ...process.env, ...env },
-    });
-    try {
-      await waitFor(`the ${what} receiver in ${pod.name}`, 10_000, () => {
-        if (server.child.exitCode !== null)
-          throw new TopologyError(`${what} receiver failed: ${server.output()}`);
-        return server.output().includes('LISTENING') ? true : undefined;
-      });
-    } catch (err) {
-      await server.stop('SIGKILL', 1000);
-      throw err;
-    }
-    return server;
-  }
-
   /**
    * Bursts of `burst` UDP datagrams from `from` to `to`, one payload size per burst (each at
    * least 4 bytes), every datagram's contents checked by the receiver.
    */
-  async udpTrain(from: Pod, to: Pod, sizes: readonly number[], burst = 64): Promise<UdpTrainResult> {
-    const port = this.nextPort++;
-    const env = {
-      WEFT_TRAIN_PORT: String(port),
-      WEFT_TRAIN_SIZES: sizes.join(','),
-      WEFT_TRAIN_BURST: String(burst),
-    };
-    const server = await this.startReceiver(to, UDP_TRAIN_SCRIPT, 'UDP', {
-      ...env,
-      WEFT_TRAIN_MODE: 'server',
-    });
-    try {
-      const c = await capture(from.ns, process.execPath, ['-e', UDP_TRAIN_SCRIPT], {
-        timeoutMs: 30_000,
-        env: { ...process.env, ...env, WEFT_TRAIN_MODE: 'client', WEFT_TRAIN_HOST: to.addr },
-      });
-      if (c.code !== 0) throw new TopologyError(`UDP sender in ${from.name} failed (${c.code}): ${c.stderr}`);
-      const { sent } = JSON.parse(c.stdout.trim()) as { sent: number };
-      await Promise.race([server.exited, new Promise((r) => setTimeout(r, 10_000))]);
-      const line = server
-        .output()
-        .split('\n')
-        .find((l) => l.startsWith('{'));
-      if (!line) throw new TopologyError(`the UDP receiver reported nothing: ${server.output()}`);
-      return { sent, ...(JSON.parse(line) as Omit<UdpTrainResult, 'sent'>) };
-    } finally {
-      await server.stop('SIGKILL', 1000);
-    }
+  udpTrain(from: Pod, to: Pod, sizes: readonly number[], burst = 64): Promise<UdpTrainResult> {
+    return udpTrain(this.run, from, to, sizes, burst, this.nextPort++);
   }
 
   /** iperf3 TCP, one stream, `seconds` long, from `from` to `to`. */
