@@ -1274,9 +1274,10 @@ static int can_follow(const uint8_t *first, const run_info *tf, const uint8_t *p
 
 /*
  * Finds the run starting at i (UDP datagrams join runs only when `udp`). Returns its length
- * (1 = no coalescing) and sets *total to the super-packet's IP total length.
+ * (1 = no coalescing); for a run, sets *total to the super-packet's IP total length and *out
+ * to its first packet's header facts.
  */
-static int find_run(const in_batch *b, int i, int udp, int *total) {
+static int find_run(const in_batch *b, int i, int udp, int *total, run_info *out) {
   uint8_t *first;
   int flen;
   run_info tf;
@@ -1302,6 +1303,7 @@ static int find_run(const in_batch *b, int i, int udp, int *total) {
     if (tj.proto == 6 && (p[tj.ihl + 13] & 0x08)) break; /* PSH: the last */
   }
   *total = sum;
+  *out = tf;
   return n;
 }
 
@@ -1309,12 +1311,12 @@ static int find_run(const in_batch *b, int i, int udp, int *total) {
  * Prepares the writev for the run [i, i+n): fixes the first packet's headers in place and
  * fills iov (vnet header, first headers, each payload). Returns the iovec count.
  */
-static int build_coalesced(const in_batch *b, int i, int n, int total, uint8_t *vh, struct iovec *iov) {
+static int build_coalesced(const in_batch *b, int i, int n, int total, const run_info *ri, uint8_t *vh,
+                           struct iovec *iov) {
   uint8_t *first = NULL, *last = NULL;
   int flen = 0, llen = 0;
-  run_info tf = {0, 0, 0, 0};
+  const run_info tf = *ri;
   in_desc(b, i, &first, &flen);
-  run_candidate(first, flen, 1, &tf);
   in_desc(b, i + n - 1, &last, &llen);
   uint8_t *l4 = first + tf.ihl;
   int ihl = tf.ihl;
@@ -1520,15 +1522,14 @@ static napi_value js_tun_write(napi_env env, napi_callback_info info) {
       continue;
     }
     int total = 0;
-    int n = gro ? find_run(&b, i, udp_gro, &total) : 1;
+    run_info ri;
+    int n = gro ? find_run(&b, i, udp_gro, &total, &ri) : 1;
     if (n > 1) {
       /* Keep the first packet's headers: if the kernel refuses the GSO write they are
        * restored and the run is written packet by packet. */
-      run_info ri;
-      run_candidate(p, len, 1, &ri);
       int hdrlen = ri.hdrlen;
       memcpy(h->hdr_save, p, (size_t)hdrlen);
-      int k = build_coalesced(&b, i, n, total, vh, h->iov);
+      int k = build_coalesced(&b, i, n, total, &ri, vh, h->iov);
       ssize_t r;
       do {
         r = writev(h->fd, h->iov, k);
@@ -1628,10 +1629,11 @@ static napi_value js_coalesce(napi_env env, napi_callback_info info) {
       continue;
     }
     int total = 0;
-    int n = find_run(&b, i, 1, &total);
+    run_info ri;
+    int n = find_run(&b, i, 1, &total, &ri);
     int k;
     if (n > 1) {
-      k = build_coalesced(&b, i, n, total, vh, iov);
+      k = build_coalesced(&b, i, n, total, &ri, vh, iov);
     } else {
       memset(vh, 0, sizeof vh);
       iov[0].iov_base = vh;
