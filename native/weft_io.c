@@ -28,8 +28,10 @@
 #include <linux/if.h>
 #include <linux/filter.h>
 #include <linux/if_tun.h>
+#include <linux/netlink.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <stddef.h>
 #include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -2385,6 +2387,151 @@ out:;
   return res;
 }
 
+/* ------------------------------------------------------------------ netlink */
+
+/*
+ * netlinkRequest(request, netnsPath?): sends one rtnetlink request (built and parsed by
+ * src/kernel/netlink.ts) and returns every byte of the answer up to and including the
+ * NLMSG_DONE or NLMSG_ERROR that ends it. Reads only: weftd's periodic device checks use it
+ * instead of starting `ip` processes. With netnsPath the socket is created inside that
+ * namespace (the calling thread enters it for the socket() call only and returns at once;
+ * a netlink socket stays bound to the namespace it was created in). Blocking, with a 5 s
+ * receive timeout: the kernel answers a request in its own namespace without waiting.
+ */
+#define NL_RECV_BYTES 65536
+
+static int nl_socket_in(const char *nspath, int *err) {
+  if (!nspath) {
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0) *err = errno;
+    return fd;
+  }
+  int self = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+  if (self < 0) {
+    *err = errno;
+    return -1;
+  }
+  int target = open(nspath, O_RDONLY | O_CLOEXEC);
+  if (target < 0) {
+    *err = errno;
+    close(self);
+    return -1;
+  }
+  int fd = -1;
+  if (setns(target, CLONE_NEWNET) < 0) {
+    *err = errno;
+  } else {
+    fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0) *err = errno;
+    if (setns(self, CLONE_NEWNET) < 0) {
+      /* The event loop's thread would go on in the wrong namespace: never continue. */
+      fprintf(stderr, "weft_io: cannot return to the original network namespace: %s\n",
+              strerror(errno));
+      abort();
+    }
+  }
+  close(target);
+  close(self);
+  return fd;
+}
+
+static napi_value js_netlink_request(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  uint8_t *req;
+  size_t req_len;
+  if (argc < 1 || !get_buffer(env, argv[0], &req, &req_len) || req_len < sizeof(struct nlmsghdr)) {
+    napi_throw_type_error(env, "WEFT_NATIVE", "netlinkRequest(request: Buffer, netnsPath?: string)");
+    return NULL;
+  }
+  char nspath[512];
+  const char *ns = NULL;
+  if (argc > 1) {
+    napi_valuetype t;
+    NAPI_CALL(env, napi_typeof(env, argv[1], &t));
+    if (t == napi_string) {
+      size_t n;
+      if (napi_get_value_string_utf8(env, argv[1], nspath, sizeof nspath, &n) != napi_ok ||
+          n >= sizeof nspath - 1) {
+        napi_throw_type_error(env, "WEFT_NATIVE", "netlinkRequest: bad netnsPath");
+        return NULL;
+      }
+      ns = nspath;
+    }
+  }
+  uint32_t seq;
+  memcpy(&seq, req + offsetof(struct nlmsghdr, nlmsg_seq), sizeof seq);
+  int err = 0;
+  int fd = nl_socket_in(ns, &err);
+  if (fd < 0) return throw_errno(env, "netlink socket", err);
+  struct timeval tv = {.tv_sec = 5, .tv_usec = 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
+  ssize_t sent;
+  do {
+    sent = sendto(fd, req, req_len, 0, (struct sockaddr *)&kernel, sizeof kernel);
+  } while (sent < 0 && errno == EINTR);
+  if (sent < 0) {
+    err = errno;
+    close(fd);
+    return throw_errno(env, "netlink send", err);
+  }
+  uint8_t *out = NULL;
+  size_t out_len = 0;
+  uint8_t *chunk = malloc(NL_RECV_BYTES);
+  const char *what = NULL;
+  int done = 0;
+  while (chunk && !done) {
+    struct sockaddr_nl from;
+    struct iovec iov = {.iov_base = chunk, .iov_len = NL_RECV_BYTES};
+    struct msghdr mh = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov, .msg_iovlen = 1};
+    ssize_t n = recvmsg(fd, &mh, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      err = errno;
+      what = "netlink receive";
+      break;
+    }
+    if (mh.msg_flags & MSG_TRUNC) {
+      err = EMSGSIZE;
+      what = "netlink receive (truncated)";
+      break;
+    }
+    if (from.nl_pid != 0) continue; /* not from the kernel */
+    /* Keep the messages of this request; stop after DONE or ERROR. */
+    int rem = (int)n;
+    for (struct nlmsghdr *h = (struct nlmsghdr *)chunk; NLMSG_OK(h, rem); h = NLMSG_NEXT(h, rem)) {
+      if (h->nlmsg_seq == seq && (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR)) done = 1;
+    }
+    uint8_t *grown = realloc(out, out_len + (size_t)n);
+    if (!grown) {
+      err = ENOMEM;
+      what = "netlink receive";
+      break;
+    }
+    out = grown;
+    memcpy(out + out_len, chunk, (size_t)n);
+    out_len += (size_t)n;
+  }
+  if (!chunk) {
+    err = ENOMEM;
+    what = "netlink receive";
+  }
+  free(chunk);
+  close(fd);
+  if (what) {
+    free(out);
+    return throw_errno(env, what, err);
+  }
+  napi_value res;
+  void *unused;
+  napi_status st = napi_create_buffer_copy(env, out_len, out ? (const void *)out : (const void *)"", &unused, &res);
+  free(out);
+  NAPI_CALL(env, st);
+  return res;
+}
+
 /* ------------------------------------------------------------------ module */
 
 NAPI_MODULE_INIT() {
@@ -2405,6 +2552,7 @@ NAPI_MODULE_INIT() {
       {"stats", NULL, js_stats, NULL, NULL, NULL, napi_default, NULL},
       {"segment", NULL, js_segment, NULL, NULL, NULL, napi_default, NULL},
       {"coalesce", NULL, js_coalesce, NULL, NULL, NULL, napi_default, NULL},
+      {"netlinkRequest", NULL, js_netlink_request, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   /* The jumbo region a TUN read batch reserves (PacketBatch.forTunRead must match it). */

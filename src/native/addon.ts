@@ -193,6 +193,12 @@ export interface WeftIoAddon {
    * real write does.
    */
   coalesce(arena: Buffer, offset: Int32Array, length: Int32Array, count: number): Buffer[];
+  /**
+   * Sends one rtnetlink request (NETLINK_ROUTE) and returns the answer's bytes up to and
+   * including the NLMSG_DONE or NLMSG_ERROR that ends it (src/kernel/netlink.ts builds and
+   * decodes them). With netnsPath the socket is opened in that network namespace.
+   */
+  netlinkRequest(request: Buffer, netnsPath?: string): Buffer;
 }
 
 /** Path of the compiled addon. */

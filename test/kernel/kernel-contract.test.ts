@@ -6,6 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import type { KernelNet, KernelOp } from '../../src/kernel/kernel.ts';
 import { describeOp, normalizeMac, renderOp } from '../../src/kernel/kernel.ts';
 import { IpRouteKernel } from '../../src/kernel/iproute.ts';
+import { NetlinkKernel } from '../../src/kernel/netlink.ts';
 import { RecordingKernel } from '../../src/kernel/recording.ts';
 import { NetnsRun, rootSnapshot } from '../../src/netns/netns.ts';
 import { parseCidr, parseIpv4 } from '../../src/routing/ipv4.ts';
@@ -152,6 +153,23 @@ contract(
   async () => {
     await run.destroy();
     assert.equal(rootSnapshot(), snapshot, 'the root namespace is unchanged');
+  },
+);
+const nlRun = new NetnsRun();
+let nlSnapshot = '';
+contract(
+  'NetlinkKernel (netns): netlink reads, iproute2 writes',
+  async () => {
+    nlSnapshot = rootSnapshot();
+    const ns = await nlRun.addNamespace('k');
+    const peer = await nlRun.addNamespace('kp');
+    await nlRun.addVeth(ns, 'eth0', peer, 'eth1');
+    await nlRun.ip(ns, 'addr', 'add', '198.18.0.1/24', 'dev', 'eth0');
+    return new NetlinkKernel({ netns: ns });
+  },
+  async () => {
+    await nlRun.destroy();
+    assert.equal(rootSnapshot(), nlSnapshot, 'the root namespace is unchanged');
   },
 );
 contract(

@@ -11,7 +11,7 @@
  */
 import type { Backend, BackendContext, BackendStats, PreparedBackend } from '../backend.ts';
 import type { IfAddr, KernelNet, KernelOp } from '../../kernel/kernel.ts';
-import { IpRouteKernel } from '../../kernel/iproute.ts';
+import { defaultKernel } from '../../kernel/netlink.ts';
 import { PeerReconciler } from '../../kernel/reconciler.ts';
 import type { Lease, LeaseEvent } from '../../lease/types.ts';
 import type { Ipv4Cidr } from '../../routing/ipv4.ts';
@@ -78,7 +78,7 @@ export class HostGwBackend implements Backend {
   constructor(ctx: BackendContext, deps: HostGwDeps = {}) {
     this.ctx = ctx;
     this.deps = deps;
-    this.kernel = deps.kernel ?? new IpRouteKernel();
+    this.kernel = deps.kernel ?? defaultKernel();
   }
 
   prepare(): Promise<PreparedBackend> {

@@ -31,7 +31,7 @@ import { WorkerPool, workersStat } from '../../dataplane/workers/pool.ts';
 import type { Peer } from '../../dataplane/peer.ts';
 import { PeerIdAllocator } from '../../dataplane/peer.ts';
 import { UdpEncap } from '../../encap/encap.ts';
-import { IpRouteKernel } from '../../kernel/iproute.ts';
+import { defaultKernel } from '../../kernel/netlink.ts';
 import type { KernelNet, KernelOp } from '../../kernel/kernel.ts';
 import type { Lease, LeaseEvent } from '../../lease/types.ts';
 import { cidrToKey, formatCidr, formatIpv4, tryParseIpv4 } from '../../routing/ipv4.ts';
@@ -50,7 +50,7 @@ export const DEFAULT_UDP_PORT = 8285;
 export const DEFAULT_TUN_NAME = 'weft0';
 
 export interface UdpDeps {
-  /** Default: IpRouteKernel in the current network namespace. */
+  /** Default: defaultKernel() (netlink reads, iproute2 writes) in the current network namespace. */
   readonly kernel?: KernelNet;
   /** Default: the native TUN (src/tun/native-tun.ts), loaded on first use. */
   readonly openTun?: (opts: {
@@ -312,7 +312,7 @@ export class UdpBackend implements Backend {
     this.ctx = ctx;
     this.deps = deps;
     this.tunName = deps.tunName ?? DEFAULT_TUN_NAME;
-    this.kernel = deps.kernel ?? new IpRouteKernel();
+    this.kernel = deps.kernel ?? defaultKernel();
     this.log = ctx.log.child({ component: 'backend-udp' });
     this.port = udpPort(ctx);
     this.workers = ctx.workers ?? 1;

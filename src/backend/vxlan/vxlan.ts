@@ -10,7 +10,7 @@
  */
 import type { Backend, BackendContext, BackendStats, DataplaneInfo, PreparedBackend } from '../backend.ts';
 import type { KernelNet } from '../../kernel/kernel.ts';
-import { IpRouteKernel } from '../../kernel/iproute.ts';
+import { defaultKernel } from '../../kernel/netlink.ts';
 import type { Lease, LeaseEvent } from '../../lease/types.ts';
 import { cidrToKey, formatCidr } from '../../routing/ipv4.ts';
 import { DeviceError } from '../../util/errors.ts';
@@ -36,7 +36,7 @@ export interface UserspacePlaneParams {
 export type UserspacePlaneFactory = (p: UserspacePlaneParams) => Promise<VxlanDataplane>;
 
 export interface VxlanDeps {
-  /** Default: IpRouteKernel in the current network namespace. */
+  /** Default: defaultKernel() (netlink reads, iproute2 writes) in the current network namespace. */
   readonly kernel?: KernelNet;
   /** Default: the TUN + forwarder plane (userspace-plane.ts), loaded on demand. */
   readonly userspacePlane?: UserspacePlaneFactory;
@@ -72,7 +72,7 @@ export class VxlanBackend implements Backend {
   constructor(ctx: BackendContext, deps: VxlanDeps = {}) {
     this.ctx = ctx;
     this.deps = deps;
-    this.kernel = deps.kernel ?? new IpRouteKernel();
+    this.kernel = deps.kernel ?? defaultKernel();
   }
 
   /** The VTEP MAC published in our lease (after prepare()). */

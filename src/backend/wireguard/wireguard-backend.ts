@@ -25,7 +25,7 @@ import type { WgImplementation } from './device.ts';
 import { ConfigError } from '../../util/errors.ts';
 import { cidrToKey, formatCidr, parseIpv4 } from '../../routing/ipv4.ts';
 import type { Ipv4Cidr } from '../../routing/ipv4.ts';
-import { IpRouteKernel } from '../../kernel/iproute.ts';
+import { defaultKernel } from '../../kernel/netlink.ts';
 import type { KernelNet } from '../../kernel/kernel.ts';
 import { backendMtu } from '../../daemon/netconf.ts';
 
@@ -155,7 +155,7 @@ export class WireguardBackend implements Backend {
    * unless Backend.Iface does: several nodes on one host (the demo, tests) need distinct
    * names because wireguard-go's control sockets share /var/run/wireguard.
    */
-  constructor(ctx: BackendContext, deviceName?: string, kernel: KernelNet = new IpRouteKernel()) {
+  constructor(ctx: BackendContext, deviceName?: string, kernel: KernelNet = defaultKernel()) {
     this.ctx = ctx;
     this.kernel = kernel;
     const opts = parseWireguardOptions(ctx.network.backend, ctx.stateDir);
