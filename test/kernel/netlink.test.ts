@@ -85,7 +85,23 @@ void describe('NetlinkKernel reads = IpRouteKernel reads (real kernel, throwaway
       await run.exec(ns, 'bridge', ['fdb', 'append', m, 'dev', 'vx0', 'dst', dst]);
     }
     await run.exec(ns, 'bridge', ['fdb', 'append', '00:00:00:00:00:00', 'dev', 'vx0', 'dst', '198.18.0.6']);
-    nl = new NetlinkKernel({ netns: ns });
+    // Every read must come from netlink: the writer (iproute2 by default) refuses them here.
+    const noIp = (): never => {
+      throw new Error('a read went to iproute2');
+    };
+    nl = new NetlinkKernel({
+      netns: ns,
+      writer: {
+        vxlanAvailable: noIp,
+        getLink: noIp,
+        listLinks: noIp,
+        listAddrs: noIp,
+        listRoutes: noIp,
+        listNeighs: noIp,
+        listFdb: noIp,
+        apply: noIp,
+      },
+    });
     ipr = new IpRouteKernel({ netns: ns });
   });
   after(async () => {
