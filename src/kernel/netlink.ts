@@ -33,7 +33,7 @@ import {
   NUD_NOARP,
   RT_TABLE_MAIN,
 } from './netlink-codec.ts';
-import type { NlMessage, RawLink } from './netlink-codec.ts';
+import type { NlMessage, RawLink, RawNeigh } from './netlink-codec.ts';
 
 /** Sends one request and returns the kernel's answer bytes (through DONE or ERROR). */
 export type NetlinkTransport = (request: Buffer) => Buffer;
@@ -213,12 +213,9 @@ export class NetlinkKernel implements KernelNet {
 
   listNeighs(dev: string): Promise<NeighSpec[]> {
     return this.read(() => {
-      const index = this.indexOf(dev);
       const out: NeighSpec[] = [];
-      for (const m of this.ask('neighbour dump', (seq) => dumpRequest(seq, 'neigh'))) {
-        const n = decodeNeigh(m);
+      for (const n of this.neighbours('neigh', dev)) {
         // As `ip neigh show`: entries in state NONE or NOARP are not listed.
-        if (!n || n.family !== AF_INET || n.index !== index) continue;
         if (n.state === 0 || (n.state & NUD_NOARP) !== 0) continue;
         if (n.dst !== undefined && n.lladdr !== undefined) out.push({ addr: n.dst, lladdr: n.lladdr, dev });
       }
@@ -228,16 +225,25 @@ export class NetlinkKernel implements KernelNet {
 
   listFdb(dev: string): Promise<FdbSpec[]> {
     return this.read(() => {
-      const index = this.indexOf(dev);
       const out: FdbSpec[] = [];
-      for (const m of this.ask('fdb dump', (seq) => dumpRequest(seq, 'fdb'))) {
-        const n = decodeNeigh(m);
-        if (!n || n.family !== AF_BRIDGE || n.index !== index) continue;
+      for (const n of this.neighbours('fdb', dev)) {
         if (n.dst === undefined || n.lladdr === undefined || n.lladdr === '00:00:00:00:00:00') continue;
         out.push({ mac: n.lladdr, dev, dst: n.dst });
       }
       return out;
     });
+  }
+
+  /** `dev`'s entries of the IPv4 neighbour table or of the bridge/VXLAN FDB. */
+  private neighbours(what: 'neigh' | 'fdb', dev: string): RawNeigh[] {
+    const index = this.indexOf(dev);
+    const family = what === 'neigh' ? AF_INET : AF_BRIDGE;
+    const out: RawNeigh[] = [];
+    for (const m of this.ask(`${what} dump`, (seq) => dumpRequest(seq, what))) {
+      const n = decodeNeigh(m);
+      if (n && n.family === family && n.index === index) out.push(n);
+    }
+    return out;
   }
 
   apply(ops: readonly KernelOp[]): Promise<void> {

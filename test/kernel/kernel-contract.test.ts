@@ -138,39 +138,31 @@ function contract(name: string, make: () => Promise<KernelNet>, teardown: () => 
   });
 }
 
-const run = new NetnsRun();
-let snapshot = '';
-contract(
-  'IpRouteKernel (netns)',
-  async () => {
-    snapshot = rootSnapshot();
-    const ns = await run.addNamespace('k');
-    const peer = await run.addNamespace('kp');
-    await run.addVeth(ns, 'eth0', peer, 'eth1');
-    await run.ip(ns, 'addr', 'add', '198.18.0.1/24', 'dev', 'eth0');
-    return new IpRouteKernel({ netns: ns });
-  },
-  async () => {
-    await run.destroy();
-    assert.equal(rootSnapshot(), snapshot, 'the root namespace is unchanged');
-  },
-);
-const nlRun = new NetnsRun();
-let nlSnapshot = '';
-contract(
+/** A contract run on a throwaway namespace (eth0 198.18.0.1/24 to a peer), read by `make`. */
+function netnsContract(name: string, make: (ns: string) => KernelNet): void {
+  const run = new NetnsRun();
+  let snapshot = '';
+  contract(
+    name,
+    async () => {
+      snapshot = rootSnapshot();
+      const ns = await run.addNamespace('k');
+      const peer = await run.addNamespace('kp');
+      await run.addVeth(ns, 'eth0', peer, 'eth1');
+      await run.ip(ns, 'addr', 'add', '198.18.0.1/24', 'dev', 'eth0');
+      return make(ns);
+    },
+    async () => {
+      await run.destroy();
+      assert.equal(rootSnapshot(), snapshot, 'the root namespace is unchanged');
+    },
+  );
+}
+
+netnsContract('IpRouteKernel (netns)', (ns) => new IpRouteKernel({ netns: ns }));
+netnsContract(
   'NetlinkKernel (netns): netlink reads, iproute2 writes',
-  async () => {
-    nlSnapshot = rootSnapshot();
-    const ns = await nlRun.addNamespace('k');
-    const peer = await nlRun.addNamespace('kp');
-    await nlRun.addVeth(ns, 'eth0', peer, 'eth1');
-    await nlRun.ip(ns, 'addr', 'add', '198.18.0.1/24', 'dev', 'eth0');
-    return new NetlinkKernel({ netns: ns });
-  },
-  async () => {
-    await nlRun.destroy();
-    assert.equal(rootSnapshot(), nlSnapshot, 'the root namespace is unchanged');
-  },
+  (ns) => new NetlinkKernel({ netns: ns }),
 );
 contract(
   'RecordingKernel',
