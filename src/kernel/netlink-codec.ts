@@ -15,6 +15,8 @@ export const NLMSG_DONE = 3;
 export const NLM_F_REQUEST = 0x1;
 export const NLM_F_ACK = 0x4;
 export const NLM_F_DUMP = 0x300;
+/** Set on a dump's messages when the table changed while the dump ran. */
+export const NLM_F_DUMP_INTR = 0x10;
 
 export const RTM_NEWLINK = 16;
 export const RTM_GETLINK = 18;

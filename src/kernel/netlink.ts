@@ -29,6 +29,8 @@ import {
   dumpRequest,
   errorOf,
   getLinkRequest,
+  NLM_F_DUMP_INTR,
+  NLMSG_DONE,
   NLMSG_ERROR,
   NUD_NOARP,
   RT_TABLE_MAIN,
@@ -48,6 +50,8 @@ export interface NetlinkKernelOptions {
 }
 
 const ENODEV = constants.errno.ENODEV;
+/** Tries of a dump the kernel reports interrupted by a change (NLM_F_DUMP_INTR). */
+const DUMP_ATTEMPTS = 3;
 const ERRNO_NAMES = new Map(Object.entries(constants.errno).map(([k, v]) => [v, k]));
 
 /** The kernel's answer to a request was an error (errno positive). */
@@ -81,26 +85,36 @@ export class NetlinkKernel implements KernelNet {
     return this.seq;
   }
 
-  /** The answer's messages for this request; an NLMSG_ERROR with an errno throws. */
+  /**
+   * The answer's messages for this request; an NLMSG_ERROR with an errno throws. A dump the
+   * kernel marks interrupted (the table changed while it was being read) is asked again.
+   */
   private ask(what: string, build: (seq: number) => Buffer): NlMessage[] {
-    const seq = this.nextSeq();
-    let raw: Buffer;
-    try {
-      raw = this.transport(build(seq));
-    } catch (err) {
-      throw new KernelError(`netlink ${what}: ${(err as Error).message}`, { cause: err });
-    }
-    const out: NlMessage[] = [];
-    for (const m of decodeMessages(raw)) {
-      if (m.seq !== seq) continue;
-      if (m.type === NLMSG_ERROR) {
-        const e = errorOf(m);
-        if (e !== 0) throw new NetlinkErrno(what, e);
-        continue;
+    for (let attempt = 1; ; attempt++) {
+      const seq = this.nextSeq();
+      let raw: Buffer;
+      try {
+        raw = this.transport(build(seq));
+      } catch (err) {
+        throw new KernelError(`netlink ${what}: ${(err as Error).message}`, { cause: err });
       }
-      out.push(m);
+      const out: NlMessage[] = [];
+      let interrupted = false;
+      for (const m of decodeMessages(raw)) {
+        if (m.seq !== seq) continue;
+        if ((m.flags & NLM_F_DUMP_INTR) !== 0) interrupted = true;
+        if (m.type === NLMSG_ERROR) {
+          const e = errorOf(m);
+          if (e !== 0) throw new NetlinkErrno(what, e);
+          continue;
+        }
+        if (m.type !== NLMSG_DONE) out.push(m);
+      }
+      if (!interrupted) return out;
+      if (attempt >= DUMP_ATTEMPTS) {
+        throw new KernelError(`netlink ${what}: the table kept changing during ${DUMP_ATTEMPTS} dumps`);
+      }
     }
-    return out;
   }
 
   private rawLink(by: { name: string } | { index: number }): RawLink | undefined {

@@ -11,6 +11,7 @@ import {
   AF_INET,
   decodeMessages,
   encodeRequest,
+  NLM_F_DUMP_INTR,
   NLMSG_DONE,
   NLMSG_ERROR,
   RTM_NEWADDR,
@@ -238,6 +239,34 @@ void test('NetlinkKernel: the kernel errno names the failure; answers to other r
   assert.equal(seen.length, 2, 'the device, then the address dump');
   const seqs = seen.map((r) => decodeMessages(r)[0]?.seq);
   assert.notEqual(seqs[0], seqs[1], 'every request has its own sequence number');
+  // A dump the kernel marks interrupted is asked again, and fails after three tries.
+  let dumps = 0;
+  const link = (seq: number, name: string, flags: number): Buffer => {
+    const l = Buffer.alloc(16 + 8);
+    l.writeInt32LE(3, 4);
+    l.writeUInt16LE(4 + name.length + 1, 16);
+    l.writeUInt16LE(3, 18);
+    l.write(`${name}\0`, 20, 'latin1');
+    return encodeRequest(16, flags, seq, l);
+  };
+  const flaky = new NetlinkKernel({
+    transport: answer((seq) => {
+      dumps++;
+      const intr = dumps === 1 ? NLM_F_DUMP_INTR : 0;
+      return [link(seq, `if${dumps}`, 2 | intr), encodeRequest(NLMSG_DONE, 2 | intr, seq, Buffer.alloc(4))];
+    }),
+    writer: new IpRouteKernel(),
+  });
+  assert.deepEqual(
+    (await flaky.listLinks()).map((l) => l.name),
+    ['if2'],
+    'the interrupted answer is dropped, the second one kept',
+  );
+  const busy = new NetlinkKernel({
+    transport: answer((seq) => [encodeRequest(NLMSG_DONE, 2 | NLM_F_DUMP_INTR, seq, Buffer.alloc(4))]),
+    writer: new IpRouteKernel(),
+  });
+  await assert.rejects(busy.listLinks(), /kept changing during 3 dumps/);
   const broken = new NetlinkKernel({
     transport: () => {
       throw new Error('netlink receive: Resource temporarily unavailable');
