@@ -2499,7 +2499,7 @@ static napi_value js_netlink_request(napi_env env, napi_callback_info info) {
       break;
     }
     if (from.nl_pid != 0) continue; /* not from the kernel */
-    /* Keep the messages of this request; stop after DONE or ERROR. */
+    /* Stop after this request's DONE or ERROR (the caller drops messages of other requests). */
     int rem = (int)n;
     for (struct nlmsghdr *h = (struct nlmsghdr *)chunk; NLMSG_OK(h, rem); h = NLMSG_NEXT(h, rem)) {
       if (h->nlmsg_seq == seq && (h->nlmsg_type == NLMSG_DONE || h->nlmsg_type == NLMSG_ERROR)) done = 1;
