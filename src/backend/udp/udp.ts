@@ -76,15 +76,16 @@ export const DEFAULT_DEVICE_CHECK_MS = 1000;
 /** What is wrong with a TUN device we set up: gone/replaced need a new device, the rest a fix-up. */
 export type TunProblem = 'gone' | 'replaced' | 'down' | 'address' | 'route';
 
-/** Every this many device checks, the route is checked too (that needs `ip`). */
+/** Every this many device checks, the link, address and route are read from the kernel too. */
 export const FULL_CHECK_EVERY = 5;
 
 /**
  * What is wrong with our TUN device `name` (kernel index `index`, address `addr`/32, route
- * `network` through it), or undefined when nothing is. The common case spawns no process:
- * os.networkInterfaces() (getifaddrs in our own network namespace) lists the device up and
- * running with our address. Only when it does not, or when `full`, do we ask the kernel
- * for details (link, addresses, the route).
+ * `network` through it), or undefined when nothing is. The common case is one
+ * os.networkInterfaces() call (getifaddrs in our own network namespace), which lists the
+ * device up and running with our address. Only when it does not, or when `full`, do we ask
+ * the kernel for details (link, addresses, the route: netlink reads with the default
+ * kernel, see src/kernel/netlink.ts).
  */
 export async function tunProblem(
   kernel: KernelNet,
