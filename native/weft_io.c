@@ -167,6 +167,7 @@ static const char *const udp_counter_names[UC_COUNT] = {
 #define KIND_TUN 1
 #define KIND_UDP 2
 #define KIND_TAP 3
+#define KIND_NLMON 4
 
 typedef struct weft_handle weft_handle;
 
@@ -848,7 +849,8 @@ static napi_value js_start(napi_env env, napi_callback_info info) {
   NAPI_CALL(env, napi_create_reference(env, argv[1], 1, &h->callback));
   if (!h->async_ctx) {
     napi_value name;
-    napi_create_string_utf8(env, h->kind == KIND_TUN ? "weft:tun" : "weft:udp", NAPI_AUTO_LENGTH, &name);
+    napi_create_string_utf8(env, h->kind == KIND_TUN ? "weft:tun" : h->kind == KIND_NLMON ? "weft:netlink" : "weft:udp",
+                            NAPI_AUTO_LENGTH, &name);
     NAPI_CALL(env, napi_async_init(env, NULL, name, &h->async_ctx));
   }
   if (!h->box) {
@@ -2532,6 +2534,76 @@ static napi_value js_netlink_request(napi_env env, napi_callback_info info) {
   return res;
 }
 
+/*
+ * netlinkSubscribe(groups) -> handle: a non-blocking rtnetlink socket in the current
+ * namespace that joins the RTMGRP_* multicast groups in `groups` (links, IPv4 addresses,
+ * IPv4 routes...). Readable through startReading when the kernel announces a change;
+ * netlinkDrain empties it. The contents are not decoded: a change is a reason to look.
+ */
+static napi_value js_netlink_subscribe(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  uint32_t groups;
+  if (argc < 1 || napi_get_value_uint32(env, argv[0], &groups) != napi_ok || groups == 0) {
+    napi_throw_type_error(env, "WEFT_NATIVE", "netlinkSubscribe(groups: number > 0)");
+    return NULL;
+  }
+  int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_ROUTE);
+  if (fd < 0) return throw_errno(env, "netlink socket", errno);
+  struct sockaddr_nl sa = {.nl_family = AF_NETLINK, .nl_groups = groups};
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+    int e = errno;
+    close(fd);
+    return throw_errno(env, "netlink bind", e);
+  }
+  weft_handle *h = calloc(1, sizeof *h);
+  if (!h) {
+    close(fd);
+    return throw_errno(env, "netlinkSubscribe", ENOMEM);
+  }
+  h->kind = KIND_NLMON;
+  h->fd = fd;
+  return wrap_handle(env, h);
+}
+
+/*
+ * netlinkDrain(handle) -> the number of notifications read until the socket was empty, or
+ * -1 when the kernel reported that some were lost (the receive buffer overran: ENOBUFS).
+ */
+static napi_value js_netlink_drain(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  weft_handle *h = argc >= 1 ? get_handle(env, argv[0], KIND_NLMON) : NULL;
+  if (!h) return NULL;
+  if (h->closed) {
+    napi_throw_error(env, "WEFT_NATIVE", "handle is closed");
+    return NULL;
+  }
+  uint8_t buf[16384];
+  int count = 0, lost = 0;
+  for (;;) {
+    ssize_t n = recv(h->fd, buf, sizeof buf, MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == ENOBUFS) {
+        lost = 1;
+        continue;
+      }
+      break; /* EAGAIN: empty */
+    }
+    if (n == 0) break;
+    int rem = (int)n;
+    int here = 0;
+    for (struct nlmsghdr *m = (struct nlmsghdr *)buf; NLMSG_OK(m, rem); m = NLMSG_NEXT(m, rem)) here++;
+    count += here > 0 ? here : 1; /* a truncated message still says something changed */
+  }
+  napi_value res;
+  NAPI_CALL(env, napi_create_int32(env, lost ? -1 : count, &res));
+  return res;
+}
+
 /* ------------------------------------------------------------------ module */
 
 NAPI_MODULE_INIT() {
@@ -2553,6 +2625,8 @@ NAPI_MODULE_INIT() {
       {"segment", NULL, js_segment, NULL, NULL, NULL, napi_default, NULL},
       {"coalesce", NULL, js_coalesce, NULL, NULL, NULL, napi_default, NULL},
       {"netlinkRequest", NULL, js_netlink_request, NULL, NULL, NULL, napi_default, NULL},
+      {"netlinkSubscribe", NULL, js_netlink_subscribe, NULL, NULL, NULL, napi_default, NULL},
+      {"netlinkDrain", NULL, js_netlink_drain, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   /* The jumbo region a TUN read batch reserves (PacketBatch.forTunRead must match it). */

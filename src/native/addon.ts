@@ -199,6 +199,13 @@ export interface WeftIoAddon {
    * decodes them). With netnsPath the socket is opened in that network namespace.
    */
   netlinkRequest(request: Buffer, netnsPath?: string): Buffer;
+  /**
+   * A non-blocking rtnetlink socket joined to the RTMGRP_* groups in `groups`, readable
+   * (startReading) when the kernel announces a change in the current namespace.
+   */
+  netlinkSubscribe(groups: number): NativeHandle;
+  /** Empties a netlinkSubscribe socket: notifications read, or -1 when some were lost. */
+  netlinkDrain(h: NativeHandle): number;
 }
 
 /** Path of the compiled addon. */

@@ -17,9 +17,9 @@ const MAX_WAKEUPS_PER_S = 40;
 /** Share of one core an idle weftd may use, all threads. */
 const MAX_CPU_SHARE = 0.02;
 /**
- * Both nodes are measured over the same window. CPU time comes in 10 ms ticks, and every
- * fifth device check spawns `ip` (a few ms of weftd's CPU on a machine with costly system
- * calls): over 3 s one such check could take an idle node from ~1% to 2.3% of a core.
+ * Both nodes are measured over the same window. CPU time comes in 10 ms ticks, so a short
+ * window rounds a few ms of work (every fifth device check reads link, addresses and route
+ * over netlink; it used to start `ip` processes) into a large share of a core.
  */
 const WINDOW_MS = 6000;
 

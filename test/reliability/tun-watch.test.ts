@@ -103,3 +103,38 @@ void test('TunWatch: one check at a time, every 5th periodic check full, stop wa
   await slow.stop();
   assert.equal(done, true);
 });
+
+void test('TunWatch: a kernel change during a check runs one more full check after it, once', async () => {
+  const calls: boolean[] = [];
+  let release: (() => void) | undefined;
+  const watch = new TunWatch(60_000, async (full) => {
+    calls.push(full);
+    if (calls.length === 1) await new Promise<void>((r) => (release = r));
+  });
+  watch.start();
+  const first = watch.tick(true);
+  // Two notifications arrive while the first check runs (it may have read the state before them).
+  void watch.tick(true, true);
+  void watch.tick(true, true);
+  // A plain tick joins without asking for another.
+  assert.equal(watch.tick(false), first);
+  release?.();
+  await first;
+  await sleep(20);
+  assert.deepEqual(calls, [true, true], 'exactly one full check after the running one');
+  await watch.tick(false);
+  assert.equal(calls.length, 3);
+  await watch.stop();
+  // After stop() nothing asked earlier runs again.
+  const w2 = new TunWatch(60_000, async () => {
+    calls.push(true);
+    await sleep(5);
+  });
+  w2.start();
+  const p = w2.tick(true);
+  void w2.tick(true, true);
+  await w2.stop();
+  await p;
+  await sleep(20);
+  assert.equal(calls.length, 4, 'the rerun is dropped when the watch stops');
+});

@@ -31,6 +31,7 @@ import { WorkerPool, workersStat } from '../../dataplane/workers/pool.ts';
 import type { Peer } from '../../dataplane/peer.ts';
 import { PeerIdAllocator } from '../../dataplane/peer.ts';
 import { UdpEncap } from '../../encap/encap.ts';
+import { KernelMonitor, watchesKernelEvents } from '../../kernel/monitor.ts';
 import { defaultKernel } from '../../kernel/netlink.ts';
 import type { KernelNet, KernelOp } from '../../kernel/kernel.ts';
 import type { Lease, LeaseEvent } from '../../lease/types.ts';
@@ -113,42 +114,85 @@ export async function tunProblem(
 
 /**
  * Runs `check` every `intervalMs` (unref'd timer), never two at once; every
- * FULL_CHECK_EVERY-th run (and every run asked for by hand) is a full one. `check` must not
- * reject. stop() waits for a check in progress, so a backend can tear down after it.
+ * FULL_CHECK_EVERY-th run (and every run asked for by hand) is a full one. With
+ * `kernelEvents`, a full check also runs soon after the kernel announces a change of links,
+ * IPv4 addresses or routes (src/kernel/monitor.ts), so damage is put right in milliseconds
+ * rather than at the next tick; the timer stays as the safety net. `check` must not reject.
+ * stop() waits for a check in progress, so a backend can tear down after it.
  */
 export class TunWatch {
   private timer: NodeJS.Timeout | undefined;
   private inFlight: Promise<void> | undefined;
+  /** A full check asked for while one was running: it runs when that one ends. */
+  private again = false;
   /** Periodic checks started so far (every FULL_CHECK_EVERY-th is a full one). */
   private periodic = 0;
   private readonly intervalMs: number;
   private readonly check: (full: boolean) => Promise<void>;
+  private readonly kernelEvents: boolean;
+  private monitor: KernelMonitor | undefined;
+  /** Checks started by a kernel notification. */
+  eventChecks = 0;
 
-  constructor(intervalMs: number, check: (full: boolean) => Promise<void>) {
+  constructor(
+    intervalMs: number,
+    check: (full: boolean) => Promise<void>,
+    opts: { readonly kernelEvents?: boolean } = {},
+  ) {
     this.intervalMs = intervalMs;
     this.check = check;
+    this.kernelEvents = opts.kernelEvents ?? false;
+  }
+
+  /** True while kernel notifications start checks (see the constructor's kernelEvents). */
+  get watchingKernel(): boolean {
+    return this.monitor !== undefined;
   }
 
   start(): void {
     if (this.intervalMs <= 0 || this.timer) return;
     this.timer = setInterval(() => void this.tick(false), this.intervalMs);
     this.timer.unref();
+    if (this.kernelEvents && !this.monitor) {
+      try {
+        this.monitor = KernelMonitor.open(() => {
+          this.eventChecks++;
+          void this.tick(true, true);
+        });
+      } catch {
+        // No addon or no netlink socket: the timer alone keeps checking.
+        this.monitor = undefined;
+      }
+    }
   }
 
-  /** Runs a check now, full unless `full` is false (periodic), or joins the one in progress. */
-  tick(full = true): Promise<void> {
-    if (!this.inFlight) {
-      const f = full || ++this.periodic % FULL_CHECK_EVERY === 0;
-      this.inFlight = this.check(f).finally(() => {
-        this.inFlight = undefined;
-      });
+  /**
+   * Runs a check now, full unless `full` is false (periodic), or joins the one in progress.
+   * With `rerun`, a full check asked for while another runs is run again after it (a change
+   * the running check may have read too early).
+   */
+  tick(full = true, rerun = false): Promise<void> {
+    if (this.inFlight) {
+      if (rerun) this.again = true;
+      return this.inFlight;
     }
+    const f = full || ++this.periodic % FULL_CHECK_EVERY === 0;
+    this.inFlight = this.check(f).finally(() => {
+      this.inFlight = undefined;
+      if (this.again && this.timer) {
+        this.again = false;
+        void this.tick(true);
+      }
+    });
     return this.inFlight;
   }
 
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    this.monitor?.close();
+    this.monitor = undefined;
+    this.again = false;
     await this.inFlight;
   }
 }
@@ -317,8 +361,10 @@ export class UdpBackend implements Backend {
     this.log = ctx.log.child({ component: 'backend-udp' });
     this.port = udpPort(ctx);
     this.workers = ctx.workers ?? 1;
-    this.watch = new TunWatch(deps.deviceCheckMs ?? DEFAULT_DEVICE_CHECK_MS, (full) =>
-      this.checkDevice(full),
+    this.watch = new TunWatch(
+      deps.deviceCheckMs ?? DEFAULT_DEVICE_CHECK_MS,
+      (full) => this.checkDevice(full),
+      { kernelEvents: watchesKernelEvents(this.kernel) },
     );
   }
 
@@ -535,6 +581,7 @@ export class UdpBackend implements Backend {
       mtu: this.mtu,
       port: this.port,
       ...this.repairs,
+      deviceEventChecks: this.watch.eventChecks,
     };
     const fwd = this.fwd;
     if (fwd) {

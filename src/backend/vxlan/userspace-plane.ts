@@ -37,6 +37,7 @@ import type { TunDevice } from '../../tun/tun.ts';
 import type { Logger } from '../../util/log.ts';
 import { checkAndRepairTun, DEFAULT_DEVICE_CHECK_MS, tunSetupOps, TunWatch } from '../udp/udp.ts';
 import type { TunRepairCounters } from '../udp/udp.ts';
+import { watchesKernelEvents } from '../../kernel/monitor.ts';
 import type { VxlanDataplane } from './dataplane.ts';
 import type { VxlanPeerPlan } from './plan.ts';
 import { macBytes, samePlan, vxlanAddOps, vxlanRemoveOps } from './plan.ts';
@@ -72,8 +73,10 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
   /** `opts.deviceCheckMs`: how often to check the TUN device (default 1000 ms; 0 = never). */
   constructor(p: UserspacePlaneParams, opts: { readonly deviceCheckMs?: number } = {}) {
     this.p = p;
-    this.watch = new TunWatch(opts.deviceCheckMs ?? DEFAULT_DEVICE_CHECK_MS, (full) =>
-      this.checkDevice(full),
+    this.watch = new TunWatch(
+      opts.deviceCheckMs ?? DEFAULT_DEVICE_CHECK_MS,
+      (full) => this.checkDevice(full),
+      { kernelEvents: watchesKernelEvents(p.kernel) },
     );
     this.device = p.plan.dev;
     this.log = p.ctx.log.child({ component: 'vxlan-userspace' });
@@ -286,6 +289,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       peersDirect: this.direct.installedPlans().size,
       kernelFailures: this.direct.counters.failures,
       ...this.repairs,
+      deviceEventChecks: this.watch.eventChecks,
     };
     if (fwd) {
       const s = (this.pool ?? fwd).snapshot();
