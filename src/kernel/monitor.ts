@@ -13,7 +13,13 @@ import type { KernelNet } from './kernel.ts';
 import { NetlinkKernel } from './netlink.ts';
 
 /** RTMGRP_* bits of the rtnetlink multicast groups weft listens to. */
-export const KernelGroups = { link: 0x1, ipv4Addr: 0x10, ipv4Route: 0x40 } as const;
+export const KernelGroups = { link: 0x1, neigh: 0x4, ipv4Addr: 0x10, ipv4Route: 0x40 } as const;
+
+/**
+ * Debounce of the kernel backends' verifying passes (a pass reads every route, neighbour and
+ * FDB entry of the device): at most ten a second however busy the node's tables are.
+ */
+export const KERNEL_EVENT_DEBOUNCE_MS = 100;
 
 export interface KernelMonitorCounters {
   /** Notifications read. */
@@ -82,4 +88,23 @@ export class KernelMonitor {
  */
 export function watchesKernelEvents(kernel: KernelNet): boolean {
   return kernel instanceof NetlinkKernel && kernel.netns === undefined;
+}
+
+/**
+ * A KernelMonitor calling `onChange` when `kernel` reads this process's own namespace over
+ * netlink (watchesKernelEvents) and the socket opens; undefined otherwise, and the caller's
+ * timer alone keeps checking. `groups`: KernelGroups bits (default links, IPv4 addresses and
+ * routes); `debounceMs` also bounds how often onChange runs while notifications keep coming.
+ */
+export function watchKernel(
+  kernel: KernelNet,
+  onChange: () => void,
+  opts: { groups?: number; debounceMs?: number } = {},
+): KernelMonitor | undefined {
+  if (!watchesKernelEvents(kernel)) return undefined;
+  try {
+    return KernelMonitor.open(onChange, opts);
+  } catch {
+    return undefined;
+  }
 }

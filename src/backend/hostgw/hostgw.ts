@@ -11,6 +11,8 @@
  */
 import type { Backend, BackendContext, BackendStats, PreparedBackend } from '../backend.ts';
 import type { IfAddr, KernelNet, KernelOp } from '../../kernel/kernel.ts';
+import { KERNEL_EVENT_DEBOUNCE_MS, watchKernel } from '../../kernel/monitor.ts';
+import type { KernelMonitor } from '../../kernel/monitor.ts';
 import { defaultKernel } from '../../kernel/netlink.ts';
 import { PeerReconciler } from '../../kernel/reconciler.ts';
 import type { Lease, LeaseEvent } from '../../lease/types.ts';
@@ -69,6 +71,9 @@ export class HostGwBackend implements Backend {
   private connected: IfAddr[] = [];
   private rec: PeerReconciler<HostGwPlan> | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private monitor: KernelMonitor | undefined;
+  /** Checks started by the kernel's notification of a link, address or route change. */
+  private kernelEventChecks = 0;
   private peersKnown = false;
   private readonly refused = new Map<string, string>();
   private readonly ignored = new Map<string, string>();
@@ -114,9 +119,20 @@ export class HostGwBackend implements Backend {
       const rec = this.rec;
       this.timer = setInterval(() => rec.schedule(true), every);
       this.timer.unref();
+      // A route to a peer deleted behind our back is put back at once.
+      this.monitor = watchKernel(
+        this.kernel,
+        () => {
+          this.kernelEventChecks++;
+          rec.schedule(true);
+        },
+        { debounceMs: KERNEL_EVENT_DEBOUNCE_MS },
+      );
     }
     signal.addEventListener('abort', () => {
       if (this.timer) clearInterval(this.timer);
+      this.monitor?.close();
+      this.monitor = undefined;
     });
   }
 
@@ -172,12 +188,15 @@ export class HostGwBackend implements Backend {
       routesRemoved: c?.peersRemoved ?? 0,
       kernelFailures: c?.failures ?? 0,
       staleRemoved: this.staleRemoved,
+      kernelEventChecks: this.kernelEventChecks,
       mtu: this.ctx.underlay.mtu,
     };
   }
 
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
+    this.monitor?.close();
+    this.monitor = undefined;
     const rec = this.rec;
     if (!rec) return;
     await rec.stop();

@@ -10,6 +10,8 @@
  * that vanished.
  */
 import type { KernelNet, KernelOp, LinkInfo } from '../../kernel/kernel.ts';
+import { KERNEL_EVENT_DEBOUNCE_MS, KernelGroups, watchKernel } from '../../kernel/monitor.ts';
+import type { KernelMonitor } from '../../kernel/monitor.ts';
 import { PeerReconciler } from '../../kernel/reconciler.ts';
 import type { Lease } from '../../lease/types.ts';
 import { cidrEquals, formatIpv4 } from '../../routing/ipv4.ts';
@@ -39,8 +41,16 @@ export class KernelVxlanPlane implements VxlanDataplane {
   private readonly rec: PeerReconciler<VxlanPeerPlan>;
   private lease: Lease | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private monitor: KernelMonitor | undefined;
   private peersKnown = false;
-  private readonly counters = { deviceCreated: 0, deviceReplaced: 0, deviceRecreated: 0, staleRemoved: 0 };
+  private readonly counters = {
+    deviceCreated: 0,
+    deviceReplaced: 0,
+    deviceRecreated: 0,
+    staleRemoved: 0,
+    /** Checks started by the kernel's notification of a link, address, route, neighbour or FDB change. */
+    kernelEventChecks: 0,
+  };
 
   constructor(o: KernelPlaneOptions) {
     this.o = o;
@@ -63,9 +73,25 @@ export class KernelVxlanPlane implements VxlanDataplane {
     if (every > 0) {
       this.timer = setInterval(() => this.rec.schedule(true), every);
       this.timer.unref();
+      // Device, routes, neighbours and FDB entries changed behind our back are seen at once.
+      this.monitor = watchKernel(
+        this.o.kernel,
+        () => {
+          this.counters.kernelEventChecks++;
+          this.rec.schedule(true);
+        },
+        {
+          groups: KernelGroups.link | KernelGroups.neigh | KernelGroups.ipv4Addr | KernelGroups.ipv4Route,
+          // Neighbour churn elsewhere on the node (ARP, bridge learning) notifies too: at most
+          // ten verifying passes a second.
+          debounceMs: KERNEL_EVENT_DEBOUNCE_MS,
+        },
+      );
     }
     signal.addEventListener('abort', () => {
       if (this.timer) clearInterval(this.timer);
+      this.monitor?.close();
+      this.monitor = undefined;
     });
   }
 
@@ -103,6 +129,8 @@ export class KernelVxlanPlane implements VxlanDataplane {
 
   async stop(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
+    this.monitor?.close();
+    this.monitor = undefined;
     await this.rec.stop();
     try {
       await this.o.kernel.apply([{ op: 'link-del', name: this.device }]);
