@@ -9,8 +9,6 @@
 // links, addresses and routes equal those before the damage.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { NetnsRun, rootSnapshot } from '../../src/netns/netns.ts';
-import type { ClusterNode } from '../../src/netns/topology.ts';
 import { formatCidr } from '../../src/routing/ipv4.ts';
 import type { BackendCase } from './helpers.ts';
 import {
@@ -18,11 +16,10 @@ import {
   nsSnapshot,
   overlayDevice,
   pingTrace,
-  pod,
   stat,
   status,
   until,
-  weftCluster,
+  pingingPair,
 } from './helpers.ts';
 
 /** The check runs every second; allow it, the rebuild and a loaded machine. */
@@ -33,19 +30,8 @@ for (const [name, b] of [
   ['vxlan userspace', BACKENDS.vxlanUserspace],
 ] as const satisfies readonly (readonly [string, BackendCase])[]) {
   void test(`${name}: the TUN device deleted under weftd is recreated and traffic resumes`, async (t) => {
-    const before = rootSnapshot();
-    const run = new NetnsRun();
-    const cluster = await weftCluster(run, b, { nodes: 2, withWeftd: [1, 2] });
-    t.after(async () => {
-      await cluster.destroy();
-      assert.equal(rootSnapshot(), before, 'root namespace unchanged');
-    });
-    const [n1, n2] = [cluster.node(1), cluster.node(2)] as [ClusterNode, ClusterNode];
-    const a = pod(n1);
-    const bp = pod(n2);
+    const { run, cluster, n1, n2, a, bp } = await pingingPair(t, b);
     const dev = overlayDevice(b);
-    await cluster.waitForPing(bp, a.addr, 15_000);
-    await cluster.waitForPing(a, bp.addr, 15_000);
     const clean = await nsSnapshot(run, n1.ns);
     const network = formatCidr(cluster.network);
     assert.ok(

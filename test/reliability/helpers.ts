@@ -5,7 +5,10 @@
 // snapshots of a node namespace's links and routes.
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { NetnsRun, SpawnedProcess } from '../../src/netns/netns.ts';
+import assert from 'node:assert/strict';
+import type { TestContext } from 'node:test';
+import { NetnsRun, rootSnapshot } from '../../src/netns/netns.ts';
+import type { SpawnedProcess } from '../../src/netns/netns.ts';
 import { Cluster } from '../../src/netns/topology.ts';
 import type { ClusterNode, Pod, WeftdOptions } from '../../src/netns/topology.ts';
 import { internetChecksum } from '../../src/encap/checksum.ts';
@@ -69,6 +72,38 @@ export async function weftCluster(
     throw err;
   }
   return cluster;
+}
+
+/** Two nodes running weftd with a pod each, the pods reaching each other both ways. */
+export interface PingingPair {
+  readonly run: NetnsRun;
+  readonly cluster: Cluster;
+  readonly n1: ClusterNode;
+  readonly n2: ClusterNode;
+  /** n1's pod. */
+  readonly a: Pod;
+  /** n2's pod. */
+  readonly bp: Pod;
+}
+
+/**
+ * A PingingPair on backend `b`, torn down after test `t` (which then checks that the root
+ * namespace is as it was).
+ */
+export async function pingingPair(t: TestContext, b: BackendCase): Promise<PingingPair> {
+  const before = rootSnapshot();
+  const run = new NetnsRun();
+  const cluster = await weftCluster(run, b, { nodes: 2, withWeftd: [1, 2] });
+  t.after(async () => {
+    await cluster.destroy();
+    assert.equal(rootSnapshot(), before, 'root namespace unchanged');
+  });
+  const [n1, n2] = [cluster.node(1), cluster.node(2)] as [ClusterNode, ClusterNode];
+  const a = pod(n1);
+  const bp = pod(n2);
+  await cluster.waitForPing(bp, a.addr, 15_000);
+  await cluster.waitForPing(a, bp.addr, 15_000);
+  return { run, cluster, n1, n2, a, bp };
 }
 
 export function pod(node: ClusterNode): Pod {

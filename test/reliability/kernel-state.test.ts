@@ -6,11 +6,9 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { IpRouteKernel } from '../../src/kernel/iproute.ts';
-import { NetnsRun, rootSnapshot } from '../../src/netns/netns.ts';
-import type { ClusterNode } from '../../src/netns/topology.ts';
 import { cidrEquals, formatCidr, formatIpv4 } from '../../src/routing/ipv4.ts';
 import type { BackendCase } from './helpers.ts';
-import { BACKENDS, pod, stat, status, until, weftCluster } from './helpers.ts';
+import { BACKENDS, pingingPair, stat, status, until } from './helpers.ts';
 
 /** Well under both timers: only a notification-started check puts it back this soon. */
 const PUT_BACK_WITHIN_MS = 3000;
@@ -22,18 +20,7 @@ for (const [name, b] of [
   ['host-gw', HOST_GW],
 ] as const) {
   void test(`${name}: a peer's kernel state deleted behind weftd is put back at once`, async (t) => {
-    const before = rootSnapshot();
-    const run = new NetnsRun();
-    const cluster = await weftCluster(run, b, { nodes: 2, withWeftd: [1, 2] });
-    t.after(async () => {
-      await cluster.destroy();
-      assert.equal(rootSnapshot(), before, 'root namespace unchanged');
-    });
-    const [n1, n2] = [cluster.node(1), cluster.node(2)] as [ClusterNode, ClusterNode];
-    const a = pod(n1);
-    const bp = pod(n2);
-    await cluster.waitForPing(a, bp.addr, 15_000);
-    await cluster.waitForPing(bp, a.addr, 15_000);
+    const { run, cluster, n1, n2, a, bp } = await pingingPair(t, b);
 
     const vxlan = b.device !== undefined;
     const dev = b.device ?? 'eth0';

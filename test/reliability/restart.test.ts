@@ -11,8 +11,6 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { NetnsRun, rootSnapshot } from '../../src/netns/netns.ts';
-import type { ClusterNode } from '../../src/netns/topology.ts';
 import { formatCidr } from '../../src/routing/ipv4.ts';
 import type { BackendCase } from './helpers.ts';
 import {
@@ -20,11 +18,10 @@ import {
   nsSnapshot,
   overlayDevice,
   pingTrace,
-  pod,
   stateDir,
   status,
   until,
-  weftCluster,
+  pingingPair,
   weftdOptions,
 } from './helpers.ts';
 
@@ -37,20 +34,9 @@ for (const [name, b] of [
   ['vxlan kernel', BACKENDS.vxlanKernel],
 ] as const satisfies readonly (readonly [string, BackendCase])[]) {
   void test(`${name}: SIGKILL weftd under traffic, restart: same subnet/MAC, traffic back < 2 s, no leftovers`, async (t) => {
-    const before = rootSnapshot();
-    const run = new NetnsRun();
-    const cluster = await weftCluster(run, b, { nodes: 2, withWeftd: [1, 2] });
-    t.after(async () => {
-      await cluster.destroy();
-      assert.equal(rootSnapshot(), before, 'root namespace unchanged');
-    });
-    const [n1, n2] = [cluster.node(1), cluster.node(2)] as [ClusterNode, ClusterNode];
-    const a = pod(n1);
-    const bp = pod(n2);
+    const { run, cluster, n1, n2, a, bp } = await pingingPair(t, b);
     const dev = overlayDevice(b);
     const isVxlan = b.backend === 'vxlan';
-    await cluster.waitForPing(bp, a.addr, 15_000);
-    await cluster.waitForPing(a, bp.addr, 15_000);
 
     const subnetFile0 = readFileSync(n1.subnetFile, 'utf8');
     const st0 = await status(cluster, n1);
