@@ -2479,12 +2479,16 @@ static napi_value js_netlink_request(napi_env env, napi_callback_info info) {
     close(fd);
     return throw_errno(env, "netlink send", err);
   }
+  uint8_t *chunk = malloc(NL_RECV_BYTES);
+  if (!chunk) {
+    close(fd);
+    return throw_errno(env, "netlink receive", ENOMEM);
+  }
   uint8_t *out = NULL;
   size_t out_len = 0;
-  uint8_t *chunk = malloc(NL_RECV_BYTES);
   const char *what = NULL;
   int done = 0;
-  while (chunk && !done) {
+  while (!done) {
     struct sockaddr_nl from;
     struct iovec iov = {.iov_base = chunk, .iov_len = NL_RECV_BYTES};
     struct msghdr mh = {.msg_name = &from, .msg_namelen = sizeof from, .msg_iov = &iov, .msg_iovlen = 1};
@@ -2515,10 +2519,6 @@ static napi_value js_netlink_request(napi_env env, napi_callback_info info) {
     out = grown;
     memcpy(out + out_len, chunk, (size_t)n);
     out_len += (size_t)n;
-  }
-  if (!chunk) {
-    err = ENOMEM;
-    what = "netlink receive";
   }
   free(chunk);
   close(fd);

@@ -19,7 +19,7 @@ export const KernelGroups = { link: 0x1, neigh: 0x4, ipv4Addr: 0x10, ipv4Route: 
  * Debounce of the kernel backends' verifying passes (a pass reads every route, neighbour and
  * FDB entry of the device): at most ten a second however busy the node's tables are.
  */
-export const KERNEL_EVENT_DEBOUNCE_MS = 100;
+const VERIFY_DEBOUNCE_MS = 100;
 
 export interface KernelMonitorCounters {
   /** Notifications read. */
@@ -86,7 +86,7 @@ export class KernelMonitor {
  * namespace this process is in over netlink (the daemon's default kernel). Twins and
  * kernels aimed at another namespace are checked on their timer only.
  */
-export function watchesKernelEvents(kernel: KernelNet): boolean {
+function watchesKernelEvents(kernel: KernelNet): boolean {
   return kernel instanceof NetlinkKernel && kernel.netns === undefined;
 }
 
@@ -106,5 +106,37 @@ export function watchKernel(
     return KernelMonitor.open(onChange, opts);
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * What makes a kernel backend (kernel VXLAN, host-gw) verify its per-peer state: `verify`
+ * every `everyMs` (unref'd timer) and, through watchKernel, soon after the kernel announces
+ * a change in `groups` (debounced to at most ten passes a second); `eventChecks` counts the
+ * latter. close() ends both.
+ */
+export class VerifyTriggers {
+  /** Passes started by a kernel notification. */
+  eventChecks = 0;
+  private readonly timer: NodeJS.Timeout;
+  private monitor: KernelMonitor | undefined;
+
+  constructor(kernel: KernelNet, everyMs: number, verify: () => void, groups?: number) {
+    this.timer = setInterval(verify, everyMs);
+    this.timer.unref();
+    this.monitor = watchKernel(
+      kernel,
+      () => {
+        this.eventChecks++;
+        verify();
+      },
+      { ...(groups !== undefined ? { groups } : {}), debounceMs: VERIFY_DEBOUNCE_MS },
+    );
+  }
+
+  close(): void {
+    clearInterval(this.timer);
+    this.monitor?.close();
+    this.monitor = undefined;
   }
 }

@@ -5,7 +5,7 @@
 // the same peers, counts deviceRecreated, and traffic resumes (outage measured from ping's
 // timestamps) with TCP intact both ways. Then the lighter damage (device set down, address
 // flushed, overlay route deleted) is put right in place at once (deviceRepaired, started by
-// a notification: deviceEventChecks). After each, n1's
+// a notification: kernelEventChecks). After each, n1's
 // links, addresses and routes equal those before the damage.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
@@ -55,7 +55,7 @@ for (const [name, b] of [
         });
         assert.equal(stat(s1, 'deviceRecreated'), 1);
         assert.equal(stat(s1, 'deviceRepairFailures'), 0);
-        assert.ok(stat(s1, 'deviceEventChecks') >= 1, 'a kernel notification started a check');
+        assert.ok(stat(s1, 'kernelEventChecks') >= 1, 'a kernel notification started a check');
         const back = await until('a reply after the deletion', RECOVER_WITHIN_MS + 2000, () =>
           trace.replies().find((r) => r > deletedAt + 50),
         );
@@ -77,7 +77,7 @@ for (const [name, b] of [
     });
 
     // Each is seen at once: the kernel announces the change and weftd checks right away
-    // (deviceEventChecks), not at its next tick (a lost route alone would wait for the full
+    // (kernelEventChecks), not at its next tick (a lost route alone would wait for the full
     // check, every FULL_CHECK_EVERY-th tick: 5 s).
     const damage: [string, string[]][] = [
       ['set down', ['link', 'set', dev, 'down']],
@@ -88,7 +88,7 @@ for (const [name, b] of [
       await t.test(`${dev} ${what}: put right in place at once, traffic resumes`, async () => {
         const before = await status(cluster, n1);
         const r0 = stat(before, 'deviceRepaired');
-        const e0 = stat(before, 'deviceEventChecks');
+        const e0 = stat(before, 'kernelEventChecks');
         const at = Date.now();
         await run.ip(n1.ns, ...cmd);
         const s1 = await until(`deviceRepaired after "${what}"`, RECOVER_WITHIN_MS + 2000, async () => {
@@ -98,7 +98,7 @@ for (const [name, b] of [
         const took = Date.now() - at;
         t.diagnostic(`${name}: ${what}: put right within ${took} ms`);
         assert.ok(took < RECOVER_WITHIN_MS, `put right only after ${took} ms`);
-        assert.ok(stat(s1, 'deviceEventChecks') > e0, 'a kernel notification started the check');
+        assert.ok(stat(s1, 'kernelEventChecks') > e0, 'a kernel notification started the check');
         await cluster.waitForPing(a, bp.addr, RECOVER_WITHIN_MS);
         await cluster.waitForPing(bp, a.addr, RECOVER_WITHIN_MS);
         assert.deepEqual(await nsSnapshot(run, n1.ns), clean);

@@ -11,8 +11,7 @@
  */
 import type { Backend, BackendContext, BackendStats, PreparedBackend } from '../backend.ts';
 import type { IfAddr, KernelNet, KernelOp } from '../../kernel/kernel.ts';
-import { KERNEL_EVENT_DEBOUNCE_MS, watchKernel } from '../../kernel/monitor.ts';
-import type { KernelMonitor } from '../../kernel/monitor.ts';
+import { VerifyTriggers } from '../../kernel/monitor.ts';
 import { defaultKernel } from '../../kernel/netlink.ts';
 import { PeerReconciler } from '../../kernel/reconciler.ts';
 import type { Lease, LeaseEvent } from '../../lease/types.ts';
@@ -70,10 +69,8 @@ export class HostGwBackend implements Backend {
   private readonly deps: HostGwDeps;
   private connected: IfAddr[] = [];
   private rec: PeerReconciler<HostGwPlan> | undefined;
-  private timer: NodeJS.Timeout | undefined;
-  private monitor: KernelMonitor | undefined;
-  /** Checks started by the kernel's notification of a link, address or route change. */
-  private kernelEventChecks = 0;
+  /** The timer and the kernel's notifications that start a verifying pass. */
+  private triggers: VerifyTriggers | undefined;
   private peersKnown = false;
   private readonly refused = new Map<string, string>();
   private readonly ignored = new Map<string, string>();
@@ -115,24 +112,11 @@ export class HostGwBackend implements Backend {
       retryMs: this.deps.retryMs ?? 1000,
     });
     const every = this.deps.checkIntervalMs ?? 10_000;
-    if (every > 0) {
-      const rec = this.rec;
-      this.timer = setInterval(() => rec.schedule(true), every);
-      this.timer.unref();
-      // A route to a peer deleted behind our back is put back at once.
-      this.monitor = watchKernel(
-        this.kernel,
-        () => {
-          this.kernelEventChecks++;
-          rec.schedule(true);
-        },
-        { debounceMs: KERNEL_EVENT_DEBOUNCE_MS },
-      );
-    }
+    // A route to a peer deleted behind our back is put back at once (kernel notifications),
+    // or at the latest at the next timer tick.
+    if (every > 0) this.triggers = new VerifyTriggers(this.kernel, every, () => this.rec?.schedule(true));
     signal.addEventListener('abort', () => {
-      if (this.timer) clearInterval(this.timer);
-      this.monitor?.close();
-      this.monitor = undefined;
+      this.triggers?.close();
     });
   }
 
@@ -188,15 +172,13 @@ export class HostGwBackend implements Backend {
       routesRemoved: c?.peersRemoved ?? 0,
       kernelFailures: c?.failures ?? 0,
       staleRemoved: this.staleRemoved,
-      kernelEventChecks: this.kernelEventChecks,
+      kernelEventChecks: this.triggers?.eventChecks ?? 0,
       mtu: this.ctx.underlay.mtu,
     };
   }
 
   async stop(): Promise<void> {
-    if (this.timer) clearInterval(this.timer);
-    this.monitor?.close();
-    this.monitor = undefined;
+    this.triggers?.close();
     const rec = this.rec;
     if (!rec) return;
     await rec.stop();

@@ -31,7 +31,8 @@ import { WorkerPool, workersStat } from '../../dataplane/workers/pool.ts';
 import type { Peer } from '../../dataplane/peer.ts';
 import { PeerIdAllocator } from '../../dataplane/peer.ts';
 import { UdpEncap } from '../../encap/encap.ts';
-import { KernelMonitor, watchesKernelEvents } from '../../kernel/monitor.ts';
+import { watchKernel } from '../../kernel/monitor.ts';
+import type { KernelMonitor } from '../../kernel/monitor.ts';
 import { defaultKernel } from '../../kernel/netlink.ts';
 import type { KernelNet, KernelOp } from '../../kernel/kernel.ts';
 import type { Lease, LeaseEvent } from '../../lease/types.ts';
@@ -114,9 +115,10 @@ export async function tunProblem(
 
 /**
  * Runs `check` every `intervalMs` (unref'd timer), never two at once; every
- * FULL_CHECK_EVERY-th run (and every run asked for by hand) is a full one. With
- * `kernelEvents`, a full check also runs soon after the kernel announces a change of links,
- * IPv4 addresses or routes (src/kernel/monitor.ts), so damage is put right in milliseconds
+ * FULL_CHECK_EVERY-th run (and every run asked for by hand) is a full one. With `kernel`
+ * (when it reads this namespace over netlink: watchKernel), a full check also runs soon after
+ * the kernel announces a change of links, IPv4 addresses or routes, so damage is put right
+ * in milliseconds
  * rather than at the next tick; the timer stays as the safety net. `check` must not reject.
  * stop() waits for a check in progress, so a backend can tear down after it.
  */
@@ -129,7 +131,7 @@ export class TunWatch {
   private periodic = 0;
   private readonly intervalMs: number;
   private readonly check: (full: boolean) => Promise<void>;
-  private readonly kernelEvents: boolean;
+  private readonly kernel: KernelNet | undefined;
   private monitor: KernelMonitor | undefined;
   /** Checks started by a kernel notification. */
   eventChecks = 0;
@@ -137,32 +139,22 @@ export class TunWatch {
   constructor(
     intervalMs: number,
     check: (full: boolean) => Promise<void>,
-    opts: { readonly kernelEvents?: boolean } = {},
+    opts: { readonly kernel?: KernelNet } = {},
   ) {
     this.intervalMs = intervalMs;
     this.check = check;
-    this.kernelEvents = opts.kernelEvents ?? false;
-  }
-
-  /** True while kernel notifications start checks (see the constructor's kernelEvents). */
-  get watchingKernel(): boolean {
-    return this.monitor !== undefined;
+    this.kernel = opts.kernel;
   }
 
   start(): void {
     if (this.intervalMs <= 0 || this.timer) return;
     this.timer = setInterval(() => void this.tick(false), this.intervalMs);
     this.timer.unref();
-    if (this.kernelEvents && !this.monitor) {
-      try {
-        this.monitor = KernelMonitor.open(() => {
-          this.eventChecks++;
-          void this.tick(true, true);
-        });
-      } catch {
-        // No addon or no netlink socket: the timer alone keeps checking.
-        this.monitor = undefined;
-      }
+    if (this.kernel && !this.monitor) {
+      this.monitor = watchKernel(this.kernel, () => {
+        this.eventChecks++;
+        void this.tick(true, true);
+      });
     }
   }
 
@@ -364,7 +356,7 @@ export class UdpBackend implements Backend {
     this.watch = new TunWatch(
       deps.deviceCheckMs ?? DEFAULT_DEVICE_CHECK_MS,
       (full) => this.checkDevice(full),
-      { kernelEvents: watchesKernelEvents(this.kernel) },
+      { kernel: this.kernel },
     );
   }
 
@@ -581,7 +573,7 @@ export class UdpBackend implements Backend {
       mtu: this.mtu,
       port: this.port,
       ...this.repairs,
-      deviceEventChecks: this.watch.eventChecks,
+      kernelEventChecks: this.watch.eventChecks,
     };
     const fwd = this.fwd;
     if (fwd) {

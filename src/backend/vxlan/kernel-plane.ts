@@ -10,8 +10,7 @@
  * that vanished.
  */
 import type { KernelNet, KernelOp, LinkInfo } from '../../kernel/kernel.ts';
-import { KERNEL_EVENT_DEBOUNCE_MS, KernelGroups, watchKernel } from '../../kernel/monitor.ts';
-import type { KernelMonitor } from '../../kernel/monitor.ts';
+import { KernelGroups, VerifyTriggers } from '../../kernel/monitor.ts';
 import { PeerReconciler } from '../../kernel/reconciler.ts';
 import type { Lease } from '../../lease/types.ts';
 import { cidrEquals, formatIpv4 } from '../../routing/ipv4.ts';
@@ -40,16 +39,14 @@ export class KernelVxlanPlane implements VxlanDataplane {
   private readonly o: KernelPlaneOptions;
   private readonly rec: PeerReconciler<VxlanPeerPlan>;
   private lease: Lease | undefined;
-  private timer: NodeJS.Timeout | undefined;
-  private monitor: KernelMonitor | undefined;
+  /** The timer and the kernel's notifications that start a verifying pass. */
+  private triggers: VerifyTriggers | undefined;
   private peersKnown = false;
   private readonly counters = {
     deviceCreated: 0,
     deviceReplaced: 0,
     deviceRecreated: 0,
     staleRemoved: 0,
-    /** Checks started by the kernel's notification of a link, address, route, neighbour or FDB change. */
-    kernelEventChecks: 0,
   };
 
   constructor(o: KernelPlaneOptions) {
@@ -70,28 +67,18 @@ export class KernelVxlanPlane implements VxlanDataplane {
     this.lease = lease;
     await this.ensureDevice();
     const every = this.o.checkIntervalMs ?? 5000;
+    // Device, routes, neighbours and FDB entries changed behind our back are seen at once
+    // (kernel notifications), or at the latest at the next timer tick.
     if (every > 0) {
-      this.timer = setInterval(() => this.rec.schedule(true), every);
-      this.timer.unref();
-      // Device, routes, neighbours and FDB entries changed behind our back are seen at once.
-      this.monitor = watchKernel(
+      this.triggers = new VerifyTriggers(
         this.o.kernel,
-        () => {
-          this.counters.kernelEventChecks++;
-          this.rec.schedule(true);
-        },
-        {
-          groups: KernelGroups.link | KernelGroups.neigh | KernelGroups.ipv4Addr | KernelGroups.ipv4Route,
-          // Neighbour churn elsewhere on the node (ARP, bridge learning) notifies too: at most
-          // ten verifying passes a second.
-          debounceMs: KERNEL_EVENT_DEBOUNCE_MS,
-        },
+        every,
+        () => this.rec.schedule(true),
+        KernelGroups.link | KernelGroups.neigh | KernelGroups.ipv4Addr | KernelGroups.ipv4Route,
       );
     }
     signal.addEventListener('abort', () => {
-      if (this.timer) clearInterval(this.timer);
-      this.monitor?.close();
-      this.monitor = undefined;
+      this.triggers?.close();
     });
   }
 
@@ -124,13 +111,12 @@ export class KernelVxlanPlane implements VxlanDataplane {
       peersInstalled: c.peersInstalled,
       peersRemoved: c.peersRemoved,
       ...this.counters,
+      kernelEventChecks: this.triggers?.eventChecks ?? 0,
     };
   }
 
   async stop(): Promise<void> {
-    if (this.timer) clearInterval(this.timer);
-    this.monitor?.close();
-    this.monitor = undefined;
+    this.triggers?.close();
     await this.rec.stop();
     try {
       await this.o.kernel.apply([{ op: 'link-del', name: this.device }]);

@@ -37,7 +37,6 @@ import type { TunDevice } from '../../tun/tun.ts';
 import type { Logger } from '../../util/log.ts';
 import { checkAndRepairTun, DEFAULT_DEVICE_CHECK_MS, tunSetupOps, TunWatch } from '../udp/udp.ts';
 import type { TunRepairCounters } from '../udp/udp.ts';
-import { watchesKernelEvents } from '../../kernel/monitor.ts';
 import type { VxlanDataplane } from './dataplane.ts';
 import type { VxlanPeerPlan } from './plan.ts';
 import { macBytes, samePlan, vxlanAddOps, vxlanRemoveOps } from './plan.ts';
@@ -76,7 +75,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
     this.watch = new TunWatch(
       opts.deviceCheckMs ?? DEFAULT_DEVICE_CHECK_MS,
       (full) => this.checkDevice(full),
-      { kernelEvents: watchesKernelEvents(p.kernel) },
+      { kernel: p.kernel },
     );
     this.device = p.plan.dev;
     this.log = p.ctx.log.child({ component: 'vxlan-userspace' });
@@ -289,7 +288,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       peersDirect: this.direct.installedPlans().size,
       kernelFailures: this.direct.counters.failures,
       ...this.repairs,
-      deviceEventChecks: this.watch.eventChecks,
+      kernelEventChecks: this.watch.eventChecks,
     };
     if (fwd) {
       const s = (this.pool ?? fwd).snapshot();
