@@ -2538,7 +2538,7 @@ static napi_value js_netlink_request(napi_env env, napi_callback_info info) {
  * netlinkSubscribe(groups) -> handle: a non-blocking rtnetlink socket in the current
  * namespace that joins the RTMGRP_* multicast groups in `groups` (links, IPv4 addresses,
  * IPv4 routes...). Readable through startReading when the kernel announces a change;
- * netlinkDrain empties it. The contents are not decoded: a change is a reason to look.
+ * netlinkRecv reads the notifications (src/kernel/monitor.ts decodes them).
  */
 static napi_value js_netlink_subscribe(napi_env env, napi_callback_info info) {
   size_t argc = 1;
@@ -2568,39 +2568,34 @@ static napi_value js_netlink_subscribe(napi_env env, napi_callback_info info) {
 }
 
 /*
- * netlinkDrain(handle) -> the number of notifications read until the socket was empty, or
- * -1 when the kernel reported that some were lost (the receive buffer overran: ENOBUFS).
+ * netlinkRecv(handle, buffer) -> the length of the next notification datagram, copied into
+ * `buffer` (a length above buffer.length means it did not fit and was cut: the caller
+ * cannot tell what it said); 0 when none is waiting; -1 when the kernel reported that some
+ * were lost (the receive buffer overran: ENOBUFS).
  */
-static napi_value js_netlink_drain(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+static napi_value js_netlink_recv(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
   NAPI_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
   weft_handle *h = argc >= 1 ? get_handle(env, argv[0], KIND_NLMON) : NULL;
   if (!h) return NULL;
+  uint8_t *buf;
+  size_t cap;
+  if (argc < 2 || !get_buffer(env, argv[1], &buf, &cap)) {
+    napi_throw_type_error(env, "WEFT_NATIVE", "netlinkRecv(handle, buffer: Buffer)");
+    return NULL;
+  }
   if (h->closed) {
     napi_throw_error(env, "WEFT_NATIVE", "handle is closed");
     return NULL;
   }
-  uint8_t buf[16384];
-  int count = 0, lost = 0;
-  for (;;) {
-    ssize_t n = recv(h->fd, buf, sizeof buf, MSG_DONTWAIT);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      if (errno == ENOBUFS) {
-        lost = 1;
-        continue;
-      }
-      break; /* EAGAIN: empty */
-    }
-    if (n == 0) break;
-    int rem = (int)n;
-    int here = 0;
-    for (struct nlmsghdr *m = (struct nlmsghdr *)buf; NLMSG_OK(m, rem); m = NLMSG_NEXT(m, rem)) here++;
-    count += here > 0 ? here : 1; /* a truncated message still says something changed */
-  }
+  ssize_t n;
+  do {
+    n = recv(h->fd, buf, cap, MSG_DONTWAIT | MSG_TRUNC);
+  } while (n < 0 && errno == EINTR);
+  int32_t r = n > 0 ? (int32_t)(n > INT32_MAX ? INT32_MAX : n) : (n < 0 && errno == ENOBUFS ? -1 : 0);
   napi_value res;
-  NAPI_CALL(env, napi_create_int32(env, lost ? -1 : count, &res));
+  NAPI_CALL(env, napi_create_int32(env, r, &res));
   return res;
 }
 
@@ -2626,7 +2621,7 @@ NAPI_MODULE_INIT() {
       {"coalesce", NULL, js_coalesce, NULL, NULL, NULL, napi_default, NULL},
       {"netlinkRequest", NULL, js_netlink_request, NULL, NULL, NULL, napi_default, NULL},
       {"netlinkSubscribe", NULL, js_netlink_subscribe, NULL, NULL, NULL, napi_default, NULL},
-      {"netlinkDrain", NULL, js_netlink_drain, NULL, NULL, NULL, napi_default, NULL},
+      {"netlinkRecv", NULL, js_netlink_recv, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   /* The jumbo region a TUN read batch reserves (PacketBatch.forTunRead must match it). */

@@ -19,12 +19,16 @@ export const NLM_F_DUMP = 0x300;
 export const NLM_F_DUMP_INTR = 0x10;
 
 export const RTM_NEWLINK = 16;
+export const RTM_DELLINK = 17;
 export const RTM_GETLINK = 18;
 export const RTM_NEWADDR = 20;
+export const RTM_DELADDR = 21;
 export const RTM_GETADDR = 22;
 export const RTM_NEWROUTE = 24;
+export const RTM_DELROUTE = 25;
 export const RTM_GETROUTE = 26;
 export const RTM_NEWNEIGH = 28;
+export const RTM_DELNEIGH = 29;
 export const RTM_GETNEIGH = 30;
 
 export const AF_UNSPEC = 0;
@@ -356,4 +360,55 @@ export function decodeNeigh(msg: NlMessage): RawNeigh | undefined {
     dst: ipv4(a.get(NDA_DST)),
     lladdr: mac(a.get(NDA_LLADDR)),
   };
+}
+
+/**
+ * What a notification (RTM_NEW* or RTM_DEL*) is about, as far as deciding whether to look:
+ * the device (link, address, neighbour/FDB entry: its ifindex; a route: its output device,
+ * 0 when it has none of its own) and, for a route, its destination.
+ */
+export type NlChange =
+  | {
+      readonly kind: 'link';
+      readonly index: number;
+      readonly name: string | undefined;
+      readonly deleted: boolean;
+    }
+  | { readonly kind: 'addr' | 'neigh'; readonly index: number }
+  | { readonly kind: 'route'; readonly index: number; readonly dst: number; readonly prefix: number };
+
+/** The NlChange of a link, address, route or neighbour notification; undefined for others. */
+export function decodeChange(msg: NlMessage): NlChange | undefined {
+  const p = msg.payload;
+  switch (msg.type) {
+    case RTM_NEWLINK:
+    case RTM_DELLINK:
+      if (p.length < IFINFOMSG) return undefined;
+      return {
+        kind: 'link',
+        index: i32(p, 4),
+        name: cstring(decodeAttrs(p, IFINFOMSG).get(IFLA_IFNAME)),
+        deleted: msg.type === RTM_DELLINK,
+      };
+    case RTM_NEWADDR:
+    case RTM_DELADDR:
+      return p.length < IFADDRMSG ? undefined : { kind: 'addr', index: u32(p, 4) };
+    case RTM_NEWNEIGH:
+    case RTM_DELNEIGH:
+      return p.length < NDMSG ? undefined : { kind: 'neigh', index: i32(p, 4) };
+    case RTM_NEWROUTE:
+    case RTM_DELROUTE: {
+      if (p.length < RTMSG) return undefined;
+      const a = decodeAttrs(p, RTMSG);
+      const oif = a.get(RTA_OIF);
+      return {
+        kind: 'route',
+        index: oif && oif.length >= 4 ? u32(oif, 0) : 0,
+        dst: ipv4(a.get(RTA_DST)) ?? 0,
+        prefix: p[1] as number,
+      };
+    }
+    default:
+      return undefined;
+  }
 }

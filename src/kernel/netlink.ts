@@ -140,6 +140,14 @@ export class NetlinkKernel implements KernelNet {
     return out;
   }
 
+  /**
+   * The ifindex of the device named `name`, undefined when there is none; synchronous (one
+   * netlink round trip), for a notification filter that must know it before it reads on.
+   */
+  ifindex(name: string): number | undefined {
+    return this.rawLink({ name })?.index;
+  }
+
   /** The ifindex of `dev`; throws like `ip ... dev <missing>` does. */
   private indexOf(dev: string): number {
     const l = this.rawLink({ name: dev });

@@ -204,8 +204,11 @@ export interface WeftIoAddon {
    * (startReading) when the kernel announces a change in the current namespace.
    */
   netlinkSubscribe(groups: number): NativeHandle;
-  /** Empties a netlinkSubscribe socket: notifications read, or -1 when some were lost. */
-  netlinkDrain(h: NativeHandle): number;
+  /**
+   * Reads the next notification datagram of a netlinkSubscribe socket into `buf`: its length
+   * (more than buf.length: it was cut), 0 when none is waiting, -1 when some were lost.
+   */
+  netlinkRecv(h: NativeHandle, buf: Buffer): number;
 }
 
 /** Path of the compiled addon. */

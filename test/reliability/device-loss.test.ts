@@ -6,7 +6,8 @@
 // timestamps) with TCP intact both ways. Then the lighter damage (device set down, address
 // flushed, overlay route deleted) is put right in place at once (deviceRepaired, started by
 // a notification: kernelEventChecks). After each, n1's
-// links, addresses and routes equal those before the damage.
+// links, addresses and routes equal those before the damage. Changes of other devices and
+// of routes outside the Network start no check (kernelEventsIgnored).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { formatCidr } from '../../src/routing/ipv4.ts';
@@ -20,6 +21,7 @@ import {
   status,
   until,
   pingingPair,
+  unrelatedChurn,
 } from './helpers.ts';
 
 /** The check runs every second; allow it, the rebuild and a loaded machine. */
@@ -38,6 +40,13 @@ for (const [name, b] of [
       clean.routes.some((r) => r.startsWith(`${network} dev ${dev}`)),
       clean.routes.join('\n'),
     );
+    await t.test('changes of other devices and routes outside the Network start no check', async () => {
+      const { checks, ignored } = await unrelatedChurn(run, cluster, n1);
+      assert.equal(checks, 0, 'no check was started');
+      assert.ok(ignored >= 5, `the notifications were read and dropped (${ignored})`);
+      assert.deepEqual(await nsSnapshot(run, n1.ns), clean);
+    });
+
     const s0 = await status(cluster, n1);
     assert.equal(stat(s0, 'deviceRecreated'), 0);
 

@@ -135,6 +135,43 @@ export function stat(s: WeftStatus, path: string): number {
   return typeof v === 'number' ? v : 0;
 }
 
+/**
+ * Changes in `node`'s namespace that no backend looks after, as one `ip -batch`: a device
+ * of someone else's (a bridge, as cni0 is) with an address, neighbours and a route outside
+ * the Network, all removed again, and an underlay neighbour that comes and goes (ARP).
+ * Then waits `settleMs` and returns what `node`'s backend counted meanwhile: checks
+ * started by a notification, and notifications read and dropped.
+ */
+export async function unrelatedChurn(
+  run: NetnsRun,
+  cluster: Cluster,
+  node: ClusterNode,
+  settleMs = 600,
+): Promise<{ checks: number; ignored: number }> {
+  const s0 = await status(cluster, node);
+  const batch = [
+    'link add wtx0 type bridge',
+    'link set wtx0 up',
+    'addr add 198.19.0.1/24 dev wtx0',
+    'route add 10.99.0.0/16 via 198.19.0.2 dev wtx0',
+    ...Array.from(
+      { length: 10 },
+      (_, i) => `neigh add 198.19.0.${10 + i} lladdr 02:00:00:00:00:${10 + i} dev wtx0`,
+    ),
+    'neigh add 192.0.2.77 lladdr 02:00:00:00:00:77 dev eth0',
+    'neigh del 192.0.2.77 dev eth0',
+    'route del 10.99.0.0/16',
+    'link del wtx0',
+  ];
+  await run.exec(node.ns, 'ip', ['-batch', '-'], { input: batch.join('\n') + '\n' });
+  await sleep(settleMs);
+  const s1 = await status(cluster, node);
+  return {
+    checks: stat(s1, 'kernelEventChecks') - stat(s0, 'kernelEventChecks'),
+    ignored: stat(s1, 'kernelEventsIgnored') - stat(s0, 'kernelEventsIgnored'),
+  };
+}
+
 /** Parses `weft_dataplane_drops_total{reason="..."} n` lines of /metrics. */
 export async function metricDrops(cluster: Cluster, node: ClusterNode): Promise<Map<string, number>> {
   const r = await cluster.httpGet(node, '/metrics');

@@ -2,13 +2,15 @@
 // route, neighbour and FDB entry on weft.1; host-gw: the route to the peer's subnet) is put
 // back at once: the kernel's notification starts weftd's check (kernelEventChecks), so it
 // does not wait for the periodic one (every 5 s for kernel VXLAN, 10 s for host-gw). After
-// each, n1's state equals what it was and pods reach each other both ways.
+// each, n1's state equals what it was and pods reach each other both ways. Changes of
+// things the backend does not look after (another device, routes outside the Network) are
+// read and dropped (kernelEventsIgnored) without starting a pass.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { IpRouteKernel } from '../../src/kernel/iproute.ts';
 import { cidrEquals, formatCidr, formatIpv4 } from '../../src/routing/ipv4.ts';
 import type { BackendCase } from './helpers.ts';
-import { BACKENDS, pingingPair, stat, status, until } from './helpers.ts';
+import { BACKENDS, pingingPair, stat, status, unrelatedChurn, until } from './helpers.ts';
 
 /** Well under both timers: only a notification-started check puts it back this soon. */
 const PUT_BACK_WITHIN_MS = 3000;
@@ -49,6 +51,13 @@ for (const [name, b] of [
       damage.push(['neighbour', 'ip', ['neigh', 'del', formatIpv4(neigh.addr), 'dev', dev]]);
       damage.push(['FDB entry', 'bridge', ['fdb', 'del', fdb.mac, 'dev', dev, 'dst', formatIpv4(fdb.dst)]]);
     }
+    await t.test('changes of what the backend does not look after start no pass', async () => {
+      const { checks, ignored } = await unrelatedChurn(run, cluster, n1);
+      assert.equal(checks, 0, 'no pass was started');
+      assert.ok(ignored >= 5, `the notifications were read and dropped (${ignored})`);
+      assert.equal(await read(), clean);
+    });
+
     for (const [what, tool, args] of damage) {
       await t.test(`${what} deleted: put back at once, traffic flows`, async () => {
         const e0 = stat(await status(cluster, n1), 'kernelEventChecks');

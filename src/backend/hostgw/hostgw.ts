@@ -114,7 +114,13 @@ export class HostGwBackend implements Backend {
     const every = this.deps.checkIntervalMs ?? 10_000;
     // A route to a peer deleted behind our back is put back at once (kernel notifications),
     // or at the latest at the next timer tick.
-    if (every > 0) this.triggers = new VerifyTriggers(this.kernel, every, () => this.rec?.schedule(true));
+    if (every > 0) {
+      this.triggers = new VerifyTriggers(this.kernel, every, () => this.rec?.schedule(true), {
+        // The underlay's link (routes through it vanish unannounced when it goes down) and
+        // every route into the Network.
+        interest: { devices: [underlay], routesWithin: [this.ctx.network.network] },
+      });
+    }
     signal.addEventListener('abort', () => {
       this.triggers?.close();
     });
@@ -173,6 +179,7 @@ export class HostGwBackend implements Backend {
       kernelFailures: c?.failures ?? 0,
       staleRemoved: this.staleRemoved,
       kernelEventChecks: this.triggers?.eventChecks ?? 0,
+      kernelEventsIgnored: this.triggers?.ignoredNotifications ?? 0,
       mtu: this.ctx.underlay.mtu,
     };
   }

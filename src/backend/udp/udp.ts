@@ -32,7 +32,7 @@ import type { Peer } from '../../dataplane/peer.ts';
 import { PeerIdAllocator } from '../../dataplane/peer.ts';
 import { UdpEncap } from '../../encap/encap.ts';
 import { watchKernel } from '../../kernel/monitor.ts';
-import type { KernelMonitor } from '../../kernel/monitor.ts';
+import type { KernelInterest, KernelMonitor } from '../../kernel/monitor.ts';
 import { defaultKernel } from '../../kernel/netlink.ts';
 import type { KernelNet, KernelOp } from '../../kernel/kernel.ts';
 import type { Lease, LeaseEvent } from '../../lease/types.ts';
@@ -113,13 +113,19 @@ export async function tunProblem(
   return undefined;
 }
 
+/** What a userspace backend's TUN check looks at (its KernelMonitor drops the rest). */
+export function tunInterest(name: string, network: Ipv4Cidr): KernelInterest {
+  return { devices: [name], routesWithin: [network] };
+}
+
 /**
  * Runs `check` every `intervalMs` (unref'd timer), never two at once; every
  * FULL_CHECK_EVERY-th run (and every run asked for by hand) is a full one. With `kernel`
- * (when it reads this namespace over netlink: watchKernel), a full check also runs soon after
- * the kernel announces a change of links, IPv4 addresses or routes, so damage is put right
- * in milliseconds
- * rather than at the next tick; the timer stays as the safety net. `check` must not reject.
+ * and `interest` (when the kernel reads this namespace over netlink: watchKernel), a full
+ * check also runs soon after the kernel announces a change of what `interest` names (the
+ * TUN's link, addresses and routes, routes into the Network), so damage is put right in
+ * milliseconds rather than at the next tick; the timer stays as the safety net. `check`
+ * must not reject.
  * stop() waits for a check in progress, so a backend can tear down after it.
  */
 export class TunWatch {
@@ -132,6 +138,7 @@ export class TunWatch {
   private readonly intervalMs: number;
   private readonly check: (full: boolean) => Promise<void>;
   private readonly kernel: KernelNet | undefined;
+  private readonly interest: KernelInterest | undefined;
   private monitor: KernelMonitor | undefined;
   /** Checks started by a kernel notification. */
   eventChecks = 0;
@@ -139,23 +146,29 @@ export class TunWatch {
   constructor(
     intervalMs: number,
     check: (full: boolean) => Promise<void>,
-    opts: { readonly kernel?: KernelNet } = {},
+    opts: { readonly kernel?: KernelNet; readonly interest?: KernelInterest } = {},
   ) {
     this.intervalMs = intervalMs;
     this.check = check;
     this.kernel = opts.kernel;
+    this.interest = opts.interest;
   }
 
   start(): void {
     if (this.intervalMs <= 0 || this.timer) return;
     this.timer = setInterval(() => void this.tick(false), this.intervalMs);
     this.timer.unref();
-    if (this.kernel && !this.monitor) {
-      this.monitor = watchKernel(this.kernel, () => {
+    if (this.kernel && this.interest && !this.monitor) {
+      this.monitor = watchKernel(this.kernel, this.interest, () => {
         this.eventChecks++;
         void this.tick(true, true);
       });
     }
+  }
+
+  /** Kernel notifications read and dropped as about nothing the check looks at. */
+  get ignoredNotifications(): number {
+    return this.monitor?.counters.ignored ?? 0;
   }
 
   /**
@@ -356,7 +369,7 @@ export class UdpBackend implements Backend {
     this.watch = new TunWatch(
       deps.deviceCheckMs ?? DEFAULT_DEVICE_CHECK_MS,
       (full) => this.checkDevice(full),
-      { kernel: this.kernel },
+      { kernel: this.kernel, interest: tunInterest(this.tunName, ctx.network.network) },
     );
   }
 
@@ -574,6 +587,7 @@ export class UdpBackend implements Backend {
       port: this.port,
       ...this.repairs,
       kernelEventChecks: this.watch.eventChecks,
+      kernelEventsIgnored: this.watch.ignoredNotifications,
     };
     const fwd = this.fwd;
     if (fwd) {

@@ -14,6 +14,7 @@ import { KernelGroups, VerifyTriggers } from '../../kernel/monitor.ts';
 import { PeerReconciler } from '../../kernel/reconciler.ts';
 import type { Lease } from '../../lease/types.ts';
 import { cidrEquals, formatIpv4 } from '../../routing/ipv4.ts';
+import type { Ipv4Cidr } from '../../routing/ipv4.ts';
 import type { Logger } from '../../util/log.ts';
 import type { VxlanDataplane } from './dataplane.ts';
 import type { VxlanPeerPlan, VxlanPlanContext } from './plan.ts';
@@ -26,6 +27,8 @@ export interface KernelPlaneOptions {
   readonly port: number;
   /** Local (source) underlay address, uint32. */
   readonly localIp: number;
+  /** The flannel Network: changes of routes into it start a check (VerifyTriggers). */
+  readonly network: Ipv4Cidr;
   readonly mac: string;
   readonly mtu: number;
   /** How often the device and peer state are checked (ms); 0 disables. */
@@ -70,12 +73,10 @@ export class KernelVxlanPlane implements VxlanDataplane {
     // Device, routes, neighbours and FDB entries changed behind our back are seen at once
     // (kernel notifications), or at the latest at the next timer tick.
     if (every > 0) {
-      this.triggers = new VerifyTriggers(
-        this.o.kernel,
-        every,
-        () => this.rec.schedule(true),
-        KernelGroups.link | KernelGroups.neigh | KernelGroups.ipv4Addr | KernelGroups.ipv4Route,
-      );
+      this.triggers = new VerifyTriggers(this.o.kernel, every, () => this.rec.schedule(true), {
+        interest: { devices: [this.device], routesWithin: [this.o.network] },
+        groups: KernelGroups.link | KernelGroups.neigh | KernelGroups.ipv4Addr | KernelGroups.ipv4Route,
+      });
     }
     signal.addEventListener('abort', () => {
       this.triggers?.close();
@@ -112,6 +113,7 @@ export class KernelVxlanPlane implements VxlanDataplane {
       peersRemoved: c.peersRemoved,
       ...this.counters,
       kernelEventChecks: this.triggers?.eventChecks ?? 0,
+      kernelEventsIgnored: this.triggers?.ignoredNotifications ?? 0,
     };
   }
 

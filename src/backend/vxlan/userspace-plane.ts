@@ -35,7 +35,13 @@ import type { Lease } from '../../lease/types.ts';
 import { openTun } from '../../tun/native-tun.ts';
 import type { TunDevice } from '../../tun/tun.ts';
 import type { Logger } from '../../util/log.ts';
-import { checkAndRepairTun, DEFAULT_DEVICE_CHECK_MS, tunSetupOps, TunWatch } from '../udp/udp.ts';
+import {
+  checkAndRepairTun,
+  DEFAULT_DEVICE_CHECK_MS,
+  tunInterest,
+  tunSetupOps,
+  TunWatch,
+} from '../udp/udp.ts';
 import type { TunRepairCounters } from '../udp/udp.ts';
 import type { VxlanDataplane } from './dataplane.ts';
 import type { VxlanPeerPlan } from './plan.ts';
@@ -75,7 +81,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
     this.watch = new TunWatch(
       opts.deviceCheckMs ?? DEFAULT_DEVICE_CHECK_MS,
       (full) => this.checkDevice(full),
-      { kernel: p.kernel },
+      { kernel: p.kernel, interest: tunInterest(p.plan.dev, p.ctx.network.network) },
     );
     this.device = p.plan.dev;
     this.log = p.ctx.log.child({ component: 'vxlan-userspace' });
@@ -289,6 +295,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       kernelFailures: this.direct.counters.failures,
       ...this.repairs,
       kernelEventChecks: this.watch.eventChecks,
+      kernelEventsIgnored: this.watch.ignoredNotifications,
     };
     if (fwd) {
       const s = (this.pool ?? fwd).snapshot();

@@ -125,6 +125,7 @@ export class VxlanBackend implements Backend {
         plan,
         port: opts.port,
         localIp: this.ctx.underlay.addr,
+        network: this.ctx.network.network,
         mac,
         mtu: this.mtu,
         ...(this.deps.checkIntervalMs !== undefined ? { checkIntervalMs: this.deps.checkIntervalMs } : {}),
