@@ -42,6 +42,12 @@ export interface BackendContext {
    * Userspace data paths only; absent = off (weftd turns it on unless --tunnel-gso=false).
    */
   readonly tunnelGso?: boolean;
+  /**
+   * How long after tunnel GSO's guard gave up on the TAP (the node dropped its packets) it
+   * is tried again, ms, doubling at each further give-up up to an hour (weftd
+   * --tunnel-gso-retry; default DEFAULT_TUNNEL_RETRY_MS; 0 = never).
+   */
+  readonly tunnelGsoRetryMs?: number;
 }
 
 export interface PreparedBackend {

@@ -66,8 +66,10 @@ export function takesTunnelGso(backendData: unknown): boolean {
 export interface TunnelGsoWorkers {
   /** Bytes the workers' sockets wrote to the TAP, as of their latest report. */
   tunnelBytes(): number;
-  /** Detaches the TAP from every worker's socket (they segment from then on), for good. */
+  /** Detaches the TAP from every worker's socket (they segment from then on). */
   detachTunnel(): void;
+  /** The TAP named `name` is (again) in use: every worker attaches its own queue of it. */
+  attachTunnel(name: string): void;
 }
 
 /** The TAP device (the socket keeps its own duplicate of its fd). */
@@ -84,12 +86,34 @@ export interface TunnelGsoDevice {
    * counts their bytes and detaches them too. Set again when the pool is rebuilt.
    */
   setWorkers(workers: TunnelGsoWorkers | undefined): void;
-  /** Whether the TAP is still in use (false once the guard gave up on it). */
+  /** Whether the TAP is in use (false while the guard has given up on it, or it is lost). */
   readonly usable: boolean;
-  /** One guard check (the backend's periodic device check calls it). */
-  check(): void;
+  /**
+   * One check (the backend's device check calls it every tick; `full` also reads the TAP's
+   * link): the guard's judgement while the TAP is in use; a TAP deleted, replaced or set
+   * down made right and attached again (tunnelRestored); after the guard gave up, or the
+   * TAP refused a write, the TAP tried again once the retry delay has passed
+   * (tunnelRetries). Never throws.
+   */
+  maintain(full: boolean): Promise<void>;
+  /** tunnelGuardTrips, tunnelRetries, tunnelRestored. */
+  stats(): Record<string, number>;
   close(): void;
 }
+
+/**
+ * The first retry of the TAP after the guard gave up (weftd --tunnel-gso-retry), ms: none
+ * by default. A retry against a firewall that still drops the packets black-holes bulk
+ * traffic for the seconds the guard needs to see it again, so it is the operator's choice.
+ */
+export const DEFAULT_TUNNEL_RETRY_MS = 0;
+/** Each further give-up doubles the wait, up to this. */
+export const TUNNEL_RETRY_MAX_MS = 3_600_000;
+/**
+ * Judged intervals in which the underlay sent what went to a retried TAP before the retry
+ * counts as a success: the next give-up waits the first delay again.
+ */
+export const TUNNEL_RETRY_GOOD_INTERVALS = 10;
 
 /** A socket that can send whole super-packets through a tunnel-GSO TAP (NativeConn). */
 export interface TunnelGsoConn {
@@ -144,24 +168,28 @@ export function tunnelGsoBlocker(sys: Sysctl = procSys): string | undefined {
   return undefined;
 }
 
+/** An open, set-up TAP: its handle and what the kernel calls it. */
+interface OpenTap {
+  readonly handle: NativeHandle;
+  readonly name: string;
+  readonly mac: string;
+  /** Its ifindex (-1 when the kernel twin cannot tell): a new one under the name is not ours. */
+  readonly index: number;
+  /** Closes weft's fd of it (the sockets keep their own duplicates until detached). */
+  close(): void;
+}
+
 /**
- * Opens and sets up the tunnel-GSO TAP for `tunName`, or returns undefined (after logging
- * why) when this node or kernel cannot use it.
+ * Opens the TAP `name` and sets it up (sysctls, link up), or says why not and returns
+ * undefined.
  */
-export async function openTunnelGso(
+async function createTap(
   kernel: KernelNet,
-  tunName: string,
+  name: string,
   log: Logger,
-  sys: Sysctl = procSys,
-  opts: { readonly multiQueue?: boolean } = {},
-): Promise<TunnelGsoDevice | undefined> {
-  const multiQueue = opts.multiQueue ?? false;
-  const name = tunnelGsoName(tunName);
-  const blocker = tunnelGsoBlocker(sys);
-  if (blocker !== undefined) {
-    log.warn({ reason: blocker }, 'tunnel GSO is not possible on this node; segmenting in userspace');
-    return undefined;
-  }
+  sys: Sysctl,
+  multiQueue: boolean,
+): Promise<OpenTap | undefined> {
   const addon = (await import('../native/addon.ts')).loadAddon();
   let r: { handle: NativeHandle; name: string; mac: string };
   try {
@@ -174,7 +202,6 @@ export async function openTunnelGso(
     return undefined;
   }
   const handle = r.handle;
-  const close = (): void => addon.close(handle);
   try {
     // The TAP takes the node's own packets in: they must not be dropped as martians or by
     // reverse-path filtering, and IPv6 has no business there.
@@ -184,54 +211,259 @@ export async function openTunnelGso(
       sys.write(`net/ipv6/conf/${r.name}/disable_ipv6`, '1');
     }
     await kernel.apply([{ op: 'link-up', name: r.name }]);
+    const index = (await kernel.getLink(r.name))?.index ?? -1;
+    return { handle, name: r.name, mac: r.mac, index, close: () => addon.close(handle) };
   } catch (err) {
-    close();
+    addon.close(handle);
     log.warn(
       { device: r.name, err: (err as Error).message },
       'setting up the tunnel-GSO TAP failed; segmenting in userspace',
     );
     return undefined;
   }
-  log.info(
-    { device: r.name, mac: r.mac },
-    'tunnel GSO: whole TCP super-packets go to the kernel through the TAP',
-  );
-  let guard: TunnelGsoGuard | undefined;
-  let workers: TunnelGsoWorkers | undefined;
-  const dev: TunnelGsoDevice = {
-    name: r.name,
-    handle,
-    attach(conn, underlayIface) {
-      guard = attachTunnelOrSegment(conn, dev, log)
-        ? guardTunnel(conn, underlayIface, log, () => workers)
-        : undefined;
-    },
-    setWorkers(w) {
-      workers = w;
-      // A pool started (or rebuilt) after the guard gave up must not use the TAP either.
-      if (w && guard?.dropped) w.detachTunnel();
-    },
-    get usable() {
-      return guard !== undefined && !guard.dropped;
-    },
-    check: () => guard?.check(),
-    close() {
-      guard = undefined;
-      workers = undefined;
-      close();
-    },
-  };
-  return dev;
 }
 
 /**
- * Attaches the TAP to the socket; when that fails (not the native socket, or one bound to
- * no address) says why and leaves the socket to segment whole super-packets itself, which
- * is slower but loses nothing. True when attached.
+ * Opens and sets up the tunnel-GSO TAP for `tunName`, or returns undefined (after logging
+ * why) when this node or kernel cannot use it. `retryMs`: how long after the guard gave up
+ * (or the TAP refused a write) the TAP is tried again, doubling at each further give-up up
+ * to TUNNEL_RETRY_MAX_MS; 0 = never.
  */
-function attachTunnelOrSegment(conn: PacketConn, tap: TunnelGsoDevice, log: Logger): boolean {
+export async function openTunnelGso(
+  kernel: KernelNet,
+  tunName: string,
+  log: Logger,
+  sys: Sysctl = procSys,
+  opts: { readonly multiQueue?: boolean; readonly retryMs?: number } = {},
+): Promise<TunnelGsoDevice | undefined> {
+  const multiQueue = opts.multiQueue ?? false;
+  const name = tunnelGsoName(tunName);
+  const blocker = tunnelGsoBlocker(sys);
+  if (blocker !== undefined) {
+    log.warn({ reason: blocker }, 'tunnel GSO is not possible on this node; segmenting in userspace');
+    return undefined;
+  }
+  const tap = await createTap(kernel, name, log, sys, multiQueue);
+  if (!tap) return undefined;
+  log.info(
+    { device: tap.name, mac: tap.mac },
+    'tunnel GSO: whole TCP super-packets go to the kernel through the TAP',
+  );
+  return new TunnelGsoTap(tap, {
+    kernel,
+    log,
+    sys,
+    multiQueue,
+    retryMs: opts.retryMs ?? DEFAULT_TUNNEL_RETRY_MS,
+  });
+}
+
+/**
+ * Where the TAP stands: in use by the sockets; lost (deleted, replaced or set down: made
+ * right in the same check); given up on (the guard saw the node drop its packets, it
+ * refused writes, or making it right failed: tried again at `retryAt`); never usable (the
+ * socket cannot send through a TAP); closed.
+ */
+type TapState = 'attached' | 'lost' | 'given-up' | 'off' | 'closed';
+
+class TunnelGsoTap implements TunnelGsoDevice {
+  readonly name: string;
+  private tap: OpenTap;
+  private state: TapState = 'off';
+  private conn: (PacketConn & TunnelGsoConn) | undefined;
+  private underlay = '';
+  private guard: TunnelGsoGuard | undefined;
+  private workers: TunnelGsoWorkers | undefined;
+  /** The wait before the next retry after a give-up (doubles, up to TUNNEL_RETRY_MAX_MS). */
+  private waitMs: number;
+  private retryAt = 0;
+  private readonly counters = { tunnelGuardTrips: 0, tunnelRetries: 0, tunnelRestored: 0 };
+
+  constructor(
+    tap: OpenTap,
+    private readonly o: {
+      readonly kernel: KernelNet;
+      readonly log: Logger;
+      readonly sys: Sysctl;
+      readonly multiQueue: boolean;
+      readonly retryMs: number;
+    },
+  ) {
+    this.tap = tap;
+    this.name = tap.name;
+    this.waitMs = o.retryMs;
+  }
+
+  get handle(): NativeHandle {
+    return this.tap.handle;
+  }
+
+  get usable(): boolean {
+    return this.state === 'attached';
+  }
+
+  attach(conn: PacketConn, underlayIface: string): void {
+    this.underlay = underlayIface;
+    if (!canTunnel(conn)) {
+      this.o.log.warn({ device: this.name }, 'tunnel GSO: the socket cannot send through a TAP; segmenting');
+      this.state = 'off';
+      return;
+    }
+    this.conn = conn;
+    this.state = attachTunnelOrSegment(conn, this, this.o.log) ? 'attached' : 'off';
+    this.guard = this.state === 'attached' ? this.newGuard(conn) : undefined;
+  }
+
+  setWorkers(w: TunnelGsoWorkers | undefined): void {
+    this.workers = w;
+    // A pool started (or rebuilt) while the TAP is not in use must not use it either.
+    if (w && this.state !== 'attached') w.detachTunnel();
+  }
+
+  stats(): Record<string, number> {
+    return { ...this.counters };
+  }
+
+  async maintain(full: boolean): Promise<void> {
+    const conn = this.conn;
+    if (!conn) return;
+    try {
+      if (this.state === 'attached') {
+        // The socket lets go of the TAP itself when a write fails.
+        const dropped = connStat(conn, 'tunnelAttached') === 0;
+        if (dropped || full) {
+          const problem = await this.tapProblem();
+          if (problem !== undefined) {
+            this.state = 'lost';
+            this.o.log.warn(
+              { device: this.name, problem },
+              `tunnel GSO: the TAP was ${problem}; making it right`,
+            );
+          } else if (dropped) {
+            this.giveUp('tunnel GSO: the TAP refused a write; segmenting in the socket', {});
+            return;
+          }
+        }
+        if (this.state === 'attached') {
+          this.guard?.check();
+          if ((this.guard?.goodIntervals ?? 0) >= TUNNEL_RETRY_GOOD_INTERVALS) this.waitMs = this.o.retryMs;
+          return;
+        }
+      }
+      if (this.state === 'lost') {
+        if (await this.restore()) {
+          this.counters.tunnelRestored++;
+          this.o.log.info({ device: this.name }, 'tunnel GSO: the TAP is back in use');
+        } else this.scheduleRetry(); // not again every second: at the retry delay
+        return;
+      }
+      if (this.state === 'given-up' && this.o.retryMs > 0 && Date.now() >= this.retryAt) {
+        this.counters.tunnelRetries++;
+        this.o.log.info({ device: this.name }, 'tunnel GSO: trying the TAP again');
+        if (!(await this.restore())) this.scheduleRetry();
+      }
+    } catch (err) {
+      this.o.log.warn(
+        { err, device: this.name },
+        'tunnel GSO: checking the TAP failed; trying again at the next check',
+      );
+    }
+  }
+
+  close(): void {
+    this.state = 'closed';
+    this.guard = undefined;
+    this.workers = undefined;
+    this.tap.close();
+  }
+
+  /** What is wrong with the TAP's link, or undefined. */
+  private async tapProblem(): Promise<string | undefined> {
+    const link = await this.o.kernel.getLink(this.name);
+    if (!link) return 'deleted';
+    if (this.tap.index >= 0 && link.index !== this.tap.index) return 'replaced';
+    if (!link.up) return 'set down';
+    return undefined;
+  }
+
+  /**
+   * Puts the TAP right (re-created when deleted or replaced, set up when down) and
+   * attaches it to every socket again under a new guard. False when it could not.
+   */
+  private async restore(): Promise<boolean> {
+    const conn = this.conn;
+    if (!conn) return false;
+    const problem = await this.tapProblem();
+    if (problem === 'deleted' || problem === 'replaced') {
+      conn.attachTunnel(undefined);
+      this.workers?.detachTunnel();
+      if (problem === 'replaced') await this.o.kernel.apply([{ op: 'link-del', name: this.name }]);
+      const fresh = await createTap(this.o.kernel, this.name, this.o.log, this.o.sys, this.o.multiQueue);
+      if (!fresh) return false;
+      this.tap.close();
+      this.tap = fresh;
+    } else if (problem === 'set down') {
+      await this.o.kernel.apply([{ op: 'link-up', name: this.name }]);
+    }
+    if (!attachTunnelOrSegment(conn, this, this.o.log)) return false;
+    this.workers?.attachTunnel(this.name);
+    this.guard = this.newGuard(conn);
+    this.state = 'attached';
+    return true;
+  }
+
+  private giveUp(message: string, fields: Record<string, unknown>): void {
+    try {
+      this.conn?.attachTunnel(undefined);
+    } catch {
+      // the socket is gone: nothing left to detach
+    }
+    this.workers?.detachTunnel();
+    this.guard = undefined;
+    this.scheduleRetry();
+    this.o.log.warn(
+      {
+        ...fields,
+        device: this.name,
+        ...(this.o.retryMs > 0 ? { retryInSeconds: Math.round(this.waitMs / 1000) } : {}),
+      },
+      message,
+    );
+    if (this.o.retryMs > 0) this.waitMs = Math.min(this.waitMs * 2, TUNNEL_RETRY_MAX_MS);
+  }
+
+  private scheduleRetry(): void {
+    this.state = 'given-up';
+    this.retryAt = Date.now() + this.waitMs;
+  }
+
+  private newGuard(conn: PacketConn): TunnelGsoGuard {
+    return new TunnelGsoGuard(
+      {
+        tunnelBytes: () => {
+          const own = connStat(conn, 'tunnelBytes');
+          return own === undefined ? undefined : own + (this.workers?.tunnelBytes() ?? 0);
+        },
+        underlayTxBytes: () => deviceTxBytes(this.underlay),
+      },
+      (written, sent) => {
+        this.counters.tunnelGuardTrips++;
+        this.giveUp(
+          'tunnel GSO: the node did not send what weft wrote to the TAP (a FORWARD firewall rule?); segmenting in the socket',
+          { writtenBytes: written, underlaySentBytes: sent, underlay: this.underlay },
+        );
+      },
+    );
+  }
+}
+
+/**
+ * Attaches the TAP to the socket; when that fails (a socket bound to no address) says why
+ * and leaves the socket to segment whole super-packets itself, which is slower but loses
+ * nothing. True when attached.
+ */
+function attachTunnelOrSegment(conn: TunnelGsoConn, tap: TunnelGsoDevice, log: Logger): boolean {
   try {
-    if (!canTunnel(conn)) throw new Error('the socket cannot send through a TAP');
     conn.attachTunnel(tap);
     return true;
   } catch (err) {
@@ -240,6 +472,16 @@ function attachTunnelOrSegment(conn: PacketConn, tap: TunnelGsoDevice, log: Logg
       'tunnel GSO: attaching the TAP failed; segmenting in the socket',
     );
     return false;
+  }
+}
+
+/** A counter of the socket's native stats (undefined when it has none or is gone). */
+function connStat(conn: PacketConn, key: string): number | undefined {
+  const stats = (conn as Partial<{ stats(): Record<string, number> }>).stats;
+  try {
+    return stats?.call(conn)[key];
+  } catch {
+    return undefined;
   }
 }
 
@@ -282,6 +524,8 @@ export class TunnelGsoGuard {
   private lastTx: number | undefined;
   private strikes = 0;
   private tripped = false;
+  /** Judged intervals in which the underlay sent what went to the TAP. */
+  goodIntervals = 0;
 
   constructor(
     private readonly sources: TunnelGsoGuardSources,
@@ -308,6 +552,7 @@ export class TunnelGsoGuard {
     if (written < GUARD_MIN_BYTES) return;
     if (sent >= written * GUARD_SENT_SHARE) {
       this.strikes = 0;
+      this.goodIntervals++;
       return;
     }
     if (++this.strikes >= 2) {
@@ -327,60 +572,21 @@ export function deviceTxBytes(iface: string): number | undefined {
   }
 }
 
-/**
- * The guard for a backend: reads the socket's counters (plus the workers', when there is a
- * pool) and the underlay's tx_bytes, and on a trip detaches the TAP from every socket
- * (they then segment) and says why.
- */
-function guardTunnel(
-  conn: PacketConn,
-  underlayIface: string,
-  log: Logger,
-  workers: () => TunnelGsoWorkers | undefined,
-): TunnelGsoGuard | undefined {
-  if (!canTunnel(conn)) return undefined;
-  const stats = (conn as Partial<{ stats(): Record<string, number> }>).stats;
-  return new TunnelGsoGuard(
-    {
-      tunnelBytes: () => {
-        let own: number | undefined;
-        try {
-          own = stats?.call(conn)['tunnelBytes'];
-        } catch {
-          return undefined;
-        }
-        return own === undefined ? undefined : own + (workers()?.tunnelBytes() ?? 0);
-      },
-      underlayTxBytes: () => deviceTxBytes(underlayIface),
-    },
-    (written, sent) => {
-      log.warn(
-        { writtenBytes: written, underlaySentBytes: sent, underlay: underlayIface },
-        'tunnel GSO: the node did not send what weft wrote to the TAP (a FORWARD firewall rule?); segmenting in the socket from now on',
-      );
-      try {
-        conn.attachTunnel(undefined);
-      } catch {
-        // the socket is gone: nothing left to detach
-      }
-      workers()?.detachTunnel();
-    },
-  );
-}
-
 /** How long a device check waits for the workers' current counters before judging (ms). */
 const WORKER_REPORT_WAIT_MS = 250;
 
 /**
- * One guard check of a backend's TAP (its periodic device check calls this): with workers,
- * their current counters are asked for first, so the bytes they wrote are compared with the
- * underlay's count of the same moment.
+ * One check of a backend's TAP (its periodic device check calls this; `full`: the full
+ * check, which also reads the TAP's link): with workers and the TAP in use, their current
+ * counters are asked for first, so the bytes they wrote are compared with the underlay's
+ * count of the same moment.
  */
-export async function guardTunnelGso(
+export async function maintainTunnelGso(
   tunnel: TunnelGsoDevice | undefined,
   pool: { refreshStats(timeoutMs?: number): Promise<void> } | undefined,
+  full: boolean,
 ): Promise<void> {
-  if (!tunnel?.usable) return;
-  if (pool) await pool.refreshStats(WORKER_REPORT_WAIT_MS);
-  tunnel.check();
+  if (!tunnel) return;
+  if (pool && tunnel.usable) await pool.refreshStats(WORKER_REPORT_WAIT_MS);
+  await tunnel.maintain(full);
 }

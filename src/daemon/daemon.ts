@@ -434,6 +434,7 @@ class Daemon implements DaemonHandle {
       workers: opts.workers,
       busyPollUs: opts.busyPollUs,
       tunnelGso: opts.tunnelGso,
+      tunnelGsoRetryMs: opts.tunnelGsoRetryMs,
     };
     const create =
       this.deps.createBackend ??

@@ -7,6 +7,7 @@
  * start, with a ConfigError naming the flag, before anything touches the system.
  */
 import { DEFAULT_BUSY_POLL_US, MAX_BUSY_POLL_US } from '../dataplane/forwarder.ts';
+import { DEFAULT_TUNNEL_RETRY_MS, TUNNEL_RETRY_MAX_MS } from '../backend/tunnel-gso.ts';
 import { isIPv4 } from 'node:net';
 import { ConfigError } from '../util/errors.ts';
 
@@ -57,6 +58,8 @@ export interface DaemonOptions {
   readonly busyPollUs: number;
   /** Whole TCP super-packets to the kernel as UDP-tunnel GSO packets (userspace data paths). */
   readonly tunnelGso: boolean;
+  /** --tunnel-gso-retry in ms (0 = never). */
+  readonly tunnelGsoRetryMs: number;
   /** Give the lease back on a graceful stop (default: keep it, so a restart keeps the subnet). */
   readonly releaseOnExit: boolean;
   /** Install the CNI plugin and conflist once ready (flannel's install-cni init container). */
@@ -173,6 +176,13 @@ export const FLAGS: readonly FlagSpec[] = [
     dflt: 'true',
     help: 'userspace data path: hand whole TCP super-packets to the kernel as UDP-tunnel GSO packets through a TAP device, for peers whose lease says they take them (kernel 6.17+, IPv4 forwarding on, rp_filter not strict; otherwise, or when the FORWARD chain drops them, weft segments itself); much less CPU per bit. On by default; --tunnel-gso=false turns it off',
     alsoEnv: ['WEFT_TUNNEL_GSO'],
+  },
+  {
+    name: 'tunnel-gso-retry',
+    kind: 'int',
+    dflt: String(DEFAULT_TUNNEL_RETRY_MS / 1000),
+    help: `seconds after tunnel GSO's guard gave up on the TAP (the node dropped its packets, or the TAP refused writes) until weft tries it again, each further give-up doubling the wait up to an hour; 0 (the default) = never, as a retry against a firewall that still drops them stalls bulk traffic for a few seconds (a TAP deleted or set down is put right at once either way)`,
+    alsoEnv: ['WEFT_TUNNEL_GSO_RETRY'],
   },
   { name: 'release-on-exit', kind: 'bool', dflt: 'false', help: 'give the lease back on a graceful stop' },
   {
@@ -370,6 +380,14 @@ export function parseOptions(
     throw new ConfigError('workers', `${workers} is out of range; use 1..64 (about one per core)`);
   }
 
+  const tunnelGsoRetry = int('tunnel-gso-retry');
+  if (tunnelGsoRetry < 0 || tunnelGsoRetry * 1000 > TUNNEL_RETRY_MAX_MS) {
+    throw new ConfigError(
+      'tunnel-gso-retry',
+      `${tunnelGsoRetry} is out of range; use 0 (never) to ${TUNNEL_RETRY_MAX_MS / 1000} seconds`,
+    );
+  }
+
   const busyPollUs = int('busy-poll-us');
   if (busyPollUs < 0 || busyPollUs > MAX_BUSY_POLL_US) {
     throw new ConfigError(
@@ -408,6 +426,7 @@ export function parseOptions(
     workers,
     busyPollUs,
     tunnelGso: bool('tunnel-gso'),
+    tunnelGsoRetryMs: tunnelGsoRetry * 1000,
     releaseOnExit: bool('release-on-exit'),
     installCni: bool('install-cni'),
     cniConfFile: str('cni-conf-file'),

@@ -90,6 +90,7 @@ void test('the guard trips after two judged checks in which the underlay sent un
   g.check();
   assert.equal(trips.length, 0);
   assert.equal(g.dropped, false);
+  assert.equal(g.goodIntervals, 2, 'the two judged intervals the underlay sent what went to the TAP');
   // Two bad intervals with only unjudged (idle) ones between, as a stalled TCP flow's
   // retransmits look: tripped once, with the second bad interval's figures.
   written += 10 * MB;

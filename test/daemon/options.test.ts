@@ -145,6 +145,16 @@ void test('--tunnel-gso / WEFT_TUNNEL_GSO: on by default, turned off by false', 
   assert.equal(parseOptions(['--tunnel-gso=false'], { WEFT_TUNNEL_GSO: 'true' }).tunnelGso, false);
 });
 
+void test('--tunnel-gso-retry / WEFT_TUNNEL_GSO_RETRY: 0 (never) by default, up to 3600 s', () => {
+  assert.equal(parseOptions([], {}).tunnelGsoRetryMs, 0);
+  assert.equal(parseOptions(['--tunnel-gso-retry', '60'], {}).tunnelGsoRetryMs, 60_000);
+  assert.equal(parseOptions(['--tunnel-gso-retry', '0'], {}).tunnelGsoRetryMs, 0);
+  assert.equal(parseOptions(['--tunnel-gso-retry=5'], {}).tunnelGsoRetryMs, 5000);
+  assert.equal(parseOptions([], { WEFT_TUNNEL_GSO_RETRY: '3600' }).tunnelGsoRetryMs, 3_600_000);
+  rejects(['--tunnel-gso-retry', '3601'], {}, 'tunnel-gso-retry', /out of range; use 0 \(never\) to 3600/);
+  rejects(['--tunnel-gso-retry', '-1'], {}, 'tunnel-gso-retry', /out of range/);
+});
+
 void test('--busy-poll-us / WEFT_BUSY_POLL_US: 100 by default, 0 (off)..10000 µs', () => {
   assert.equal(parseOptions([], {}).busyPollUs, 100);
   assert.equal(parseOptions(['--busy-poll-us', '0'], {}).busyPollUs, 0);

@@ -7,11 +7,13 @@
 //  - --tunnel-gso=false: no TAP, weftd segments every super-packet itself;
 //  - an underlay that cannot carry tunnel GSO (veth offload off): the kernel segments, and
 //    what crosses the wire is ordinary flannel-format datagrams no larger than the MTU;
-//  - the TAP deleted under a running weftd: the socket segments the super-packets itself
-//    (tunnelErrors, tunnelFallbacks) and no byte is lost;
+//  - the TAP deleted or set down under a running weftd: made again (or set up) and used
+//    again (tunnelRestored), and no byte is lost;
 //  - a node with strict reverse-path filtering: weftd says why and segments in userspace;
 //  - a node whose FORWARD hook drops the tunnel packets: the guard sees the underlay send
-//    less than went to the TAP, weftd says so and segments in the socket; TCP recovers.
+//    less than went to the TAP, weftd says so and segments in the socket; TCP recovers;
+//  - the same rule removed later: weftd tries the TAP again after --tunnel-gso-retry
+//    (doubling while the rule stays) and uses it once the packets leave.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { NetnsRun } from '../../src/netns/netns.ts';
@@ -214,19 +216,70 @@ void test('--tunnel-gso over an underlay without tunnel offload: ordinary datagr
   assert.equal(s.connIo['tunnelErrors'], 0);
 });
 
-void test('--tunnel-gso: the TAP deleted under a running weftd, the socket segments instead', async (t) => {
+/** /status's backend counters of `node` (tunnelRestored, tunnelGuardTrips, ...). */
+async function backendStat(cluster: Cluster, node: ClusterNode, key: string): Promise<number> {
+  const s = JSON.parse((await cluster.httpGet(node, '/status')).stdout) as {
+    backendStats?: Record<string, unknown>;
+  };
+  const v = s.backendStats?.[key];
+  return typeof v === 'number' ? v : 0;
+}
+
+async function until<T>(what: string, ms: number, probe: () => Promise<T | undefined>): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await probe();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+const tapIndex = async (cluster: Cluster, node: ClusterNode): Promise<number> =>
+  (JSON.parse(await cluster.run.exec(node.ns, 'ip', ['-j', 'link', 'show', TAP])) as { ifindex: number }[])[0]
+    ?.ifindex ?? -1;
+
+void test('--tunnel-gso: the TAP deleted or set down under a running weftd is put right and used again, no byte lost', async (t) => {
   const { cluster, a, b } = await twoNodes(t, { backend: 'udp', extraArgs: ['--tunnel-gso'] });
   const n1 = cluster.node(1);
+  const first = await tapIndex(cluster, n1);
   await cluster.run.exec(n1.ns, 'ip', ['link', 'del', TAP]);
+  // Whatever the transfer meets (the socket's write failing, or the TAP already made
+  // again), every byte arrives.
   const x = await cluster.tcpTransfer(a, b, 8 * MB);
   assert.equal(x.receivedSha256, x.sentSha256);
-  const s = await io(cluster, n1);
-  assert.ok((s.connIo['tunnelErrors'] ?? 0) >= 1, JSON.stringify(s.connIo));
-  assert.ok((s.connIo['tunnelFallbacks'] ?? 0) > 0, JSON.stringify(s.connIo));
-  // Segmented in the socket as UDP GSO messages, one or two per super-packet (they went
-  // out one datagram per message before, at a third of the speed).
-  const perMessage = (s.connIo['datagramsOut'] ?? 0) / Math.max(1, s.connIo['messagesOut'] ?? 0);
-  assert.ok(perMessage >= 10, `datagrams per message ${perMessage.toFixed(1)}: ${JSON.stringify(s.connIo)}`);
+  await until('tunnelRestored 1', 10_000, async () =>
+    (await backendStat(cluster, n1, 'tunnelRestored')) >= 1 ? true : undefined,
+  );
+  const again = await tapIndex(cluster, n1);
+  assert.ok(again > 0 && again !== first, `a new TAP (ifindex ${first} -> ${again})`);
+  const s1 = await io(cluster, n1);
+  assert.equal(s1.connIo['tunnelAttached'], 1, JSON.stringify(s1.connIo));
+  const y = await cluster.tcpTransfer(a, b, 8 * MB);
+  assert.equal(y.receivedSha256, y.sentSha256);
+  const s2 = await io(cluster, n1);
+  assert.ok(
+    (s2.connIo['tunnelWrites'] ?? 0) > (s1.connIo['tunnelWrites'] ?? 0),
+    `written whole to the new TAP: ${JSON.stringify(s2.connIo)}`,
+  );
+
+  // Set down: a write fails (EIO) or the check sees it first; it is set up and used again.
+  await cluster.run.exec(n1.ns, 'ip', ['link', 'set', TAP, 'down']);
+  const z = await cluster.tcpTransfer(a, b, 8 * MB);
+  assert.equal(z.receivedSha256, z.sentSha256);
+  await until('tunnelRestored 2', 10_000, async () =>
+    (await backendStat(cluster, n1, 'tunnelRestored')) >= 2 ? true : undefined,
+  );
+  const links = await cluster.run.exec(n1.ns, 'ip', ['-j', 'link', 'show', TAP]);
+  assert.match(links, /"UP"/, links);
+  assert.equal(await tapIndex(cluster, n1), again, 'the same TAP, set up again');
+  const s3 = await io(cluster, n1);
+  const w = await cluster.tcpTransfer(a, b, 8 * MB);
+  assert.equal(w.receivedSha256, w.sentSha256);
+  const s4 = await io(cluster, n1);
+  assert.ok((s4.connIo['tunnelWrites'] ?? 0) > (s3.connIo['tunnelWrites'] ?? 0), JSON.stringify(s4.connIo));
+  assert.equal(await backendStat(cluster, n1, 'tunnelGuardTrips'), 0);
+  assert.match(n1.weftd?.output() ?? '', /the TAP was deleted; making it right/);
   assert.ok(n1.weftd?.child.exitCode === null, 'weftd keeps running');
 });
 
@@ -295,5 +348,80 @@ for (const workers of [1, 2]) {
     assert.equal(again.receivedSha256, again.sentSha256);
     const s2 = await io(cluster, n1);
     assert.equal(s2.connIo['tunnelWrites'], s.connIo['tunnelWrites'], 'the TAP is no longer used');
+    if (workers === 1) {
+      // Segmented in the socket as UDP GSO messages, not one datagram per message.
+      const d = (k: string): number => (s2.connIo[k] ?? 0) - (s.connIo[k] ?? 0);
+      const perMessage = d('datagramsOut') / Math.max(1, d('messagesOut'));
+      assert.ok(
+        perMessage >= 10,
+        `datagrams per message ${perMessage.toFixed(1)}: ${JSON.stringify(s2.connIo)}`,
+      );
+    }
+  });
+
+  void test(`--tunnel-gso-retry, ${workers} worker(s): tried again while the FORWARD rule drops (the wait doubles), used again once it is gone`, async (t) => {
+    const extraArgs = ['--tunnel-gso', '--workers', String(workers), '--tunnel-gso-retry', '2'];
+    const rule =
+      'table inet weftfwtest { chain weftfwd { type filter hook forward priority 0; policy accept; udp dport 8285 drop; }; }\n';
+    const { cluster, a, b } = await twoNodes(t, { backend: 'udp', extraArgs }, async (c) => {
+      await c.run.exec(c.node(1).ns, 'nft', ['-f', '-'], { input: rule });
+    });
+    const n1 = cluster.node(1);
+    const transfer = async (flows: readonly number[]): Promise<void> => {
+      const xs = await Promise.all(flows.map((bytes) => cluster.tcpTransfer(a, b, bytes, 90_000)));
+      for (const x of xs) assert.equal(x.receivedSha256, x.sentSha256);
+    };
+    const stat = (key: string): Promise<number> => backendStat(cluster, n1, key);
+    const attached = async (): Promise<true | undefined> =>
+      (await io(cluster, n1)).connIo['tunnelAttached'] === 1 ? true : undefined;
+    // While the rule drops: each retry puts the TAP back, traffic shows it still fails, and
+    // the guard gives up again, for twice as long.
+    await transfer([4 * MB]);
+    assert.ok((await stat('tunnelGuardTrips')) >= 1, 'the guard gave up');
+    while ((await stat('tunnelGuardTrips')) < 2) {
+      await until('a retry', 15_000, attached);
+      await transfer([1 * MB]);
+    }
+    assert.ok((await stat('tunnelRetries')) >= 1);
+    assert.match(n1.weftd?.output() ?? '', /"retryInSeconds":4/, 'the wait doubled');
+    // The rule goes: the next retry sticks and super-packets go whole again.
+    await cluster.run.exec(n1.ns, 'nft', ['delete', 'table', 'inet', 'weftfwtest']);
+    await until('the TAP tried again', 20_000, attached);
+    const trips = await stat('tunnelGuardTrips');
+    const workerWrites = async (): Promise<Record<string, number>> =>
+      (
+        JSON.parse((await cluster.httpGet(n1, '/status')).stdout) as {
+          backendStats: { workers?: Record<string, number> };
+        }
+      ).backendStats.workers ?? {};
+    const s0 = await io(cluster, n1);
+    const w0 = await workerWrites();
+    await transfer(workers === 1 ? [16 * MB] : Array.from({ length: 8 }, () => 2 * MB));
+    await new Promise((r) => setTimeout(r, 2500)); // two more guard checks, the workers' reports
+    const s1 = await io(cluster, n1);
+    assert.equal(
+      await stat('tunnelGuardTrips'),
+      trips,
+      `no further give-up:\n${(n1.weftd?.output() ?? '')
+        .split('\n')
+        .filter((l) => l.includes('tunnel GSO'))
+        .join('\n')}`,
+    );
+    assert.equal(s1.connIo['tunnelAttached'], 1, JSON.stringify(s1.connIo));
+    const metrics = (await cluster.httpGet(n1, '/metrics')).stdout;
+    assert.match(metrics, /weft_dataplane_offload\{feature="tunnel_gso"\} 1/, 'in use again');
+    if (workers === 1) {
+      assert.ok(
+        (s1.connIo['tunnelWrites'] ?? 0) > (s0.connIo['tunnelWrites'] ?? 0),
+        `written whole again: ${JSON.stringify(s1.connIo)}`,
+      );
+    } else {
+      const w1 = await workerWrites();
+      const d = (k: string): number => (w1[k] ?? 0) - (w0[k] ?? 0);
+      assert.ok(
+        d('0.tunnelWrites') > 0 && d('1.tunnelWrites') > 0,
+        `both workers wrote whole again: ${JSON.stringify(w0)} -> ${JSON.stringify(w1)}`,
+      );
+    }
   });
 }

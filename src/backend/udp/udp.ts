@@ -40,7 +40,13 @@ import { cidrToKey, formatCidr, formatIpv4, tryParseIpv4 } from '../../routing/i
 import type { Ipv4Cidr } from '../../routing/ipv4.ts';
 import type { TunDevice } from '../../tun/tun.ts';
 import { ConfigError, DeviceError } from '../../util/errors.ts';
-import { guardTunnelGso, openTunnelGso, takesTunnelGso, TUNNEL_GSO_LEASE_KEY } from '../tunnel-gso.ts';
+import {
+  maintainTunnelGso,
+  openTunnelGso,
+  takesTunnelGso,
+  TUNNEL_GSO_LEASE_KEY,
+  tunnelGsoName,
+} from '../tunnel-gso.ts';
 import type { TunnelGsoDevice } from '../tunnel-gso.ts';
 import type { Logger } from '../../util/log.ts';
 import { backendMtu, keepaliveSeconds } from '../../daemon/netconf.ts';
@@ -113,9 +119,12 @@ export async function tunProblem(
   return undefined;
 }
 
-/** What a userspace backend's TUN check looks at (its KernelMonitor drops the rest). */
+/**
+ * What a userspace backend's device check looks at (its KernelMonitor drops the rest): the
+ * TUN, its tunnel-GSO TAP, and routes into the Network.
+ */
 export function tunInterest(name: string, network: Ipv4Cidr): KernelInterest {
-  return { devices: [name], routesWithin: [network] };
+  return { devices: [name, tunnelGsoName(name)], routesWithin: [network] };
 }
 
 /**
@@ -398,7 +407,10 @@ export class UdpBackend implements Backend {
     const multi = this.workers > 1;
     const tunnel =
       this.ctx.tunnelGso && this.ctx.offloads
-        ? await openTunnelGso(this.kernel, name, this.log, undefined, { multiQueue: multi })
+        ? await openTunnelGso(this.kernel, name, this.log, undefined, {
+            multiQueue: multi,
+            ...(this.ctx.tunnelGsoRetryMs !== undefined ? { retryMs: this.ctx.tunnelGsoRetryMs } : {}),
+          })
         : undefined;
     this.tunnel = tunnel;
     let tun: TunDevice;
@@ -541,7 +553,7 @@ export class UdpBackend implements Backend {
     const lease = this.lease;
     const conn = this.conn;
     if (!lease || !conn) return;
-    await guardTunnelGso(this.tunnel, this.pool);
+    await maintainTunnelGso(this.tunnel, this.pool, full);
     const r = await checkAndRepairTun({
       kernel: this.kernel,
       name: this.tunName,
@@ -588,6 +600,7 @@ export class UdpBackend implements Backend {
       ...this.repairs,
       kernelEventChecks: this.watch.eventChecks,
       kernelEventsIgnored: this.watch.ignoredNotifications,
+      ...this.tunnel?.stats(),
     };
     const fwd = this.fwd;
     if (fwd) {

@@ -21,7 +21,7 @@
 import { nativeIoStats, userspaceDataplaneInfo } from '../userspace-info.ts';
 import type { DataplaneInfo } from '../backend.ts';
 import { openConn } from '../../conn/native-conn.ts';
-import { guardTunnelGso, openTunnelGso } from '../tunnel-gso.ts';
+import { maintainTunnelGso, openTunnelGso } from '../tunnel-gso.ts';
 import type { TunnelGsoDevice } from '../tunnel-gso.ts';
 import type { PacketConn } from '../../conn/conn.ts';
 import { DEFAULT_BUSY_POLL_US, Forwarder } from '../../dataplane/forwarder.ts';
@@ -106,7 +106,10 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
     const multi = (ctx.workers ?? 1) > 1;
     const tunnel =
       ctx.tunnelGso && ctx.offloads
-        ? await openTunnelGso(kernel, name, this.log, undefined, { multiQueue: multi })
+        ? await openTunnelGso(kernel, name, this.log, undefined, {
+            multiQueue: multi,
+            ...(ctx.tunnelGsoRetryMs !== undefined ? { retryMs: ctx.tunnelGsoRetryMs } : {}),
+          })
         : undefined;
     this.tunnel = tunnel;
     let tun: TunDevice;
@@ -223,7 +226,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
     const lease = this.lease;
     const conn = this.conn;
     if (!lease || !conn) return;
-    await guardTunnelGso(this.tunnel, this.pool);
+    await maintainTunnelGso(this.tunnel, this.pool, full);
     const { kernel, ctx, mtu } = this.p;
     const r = await checkAndRepairTun({
       kernel,
@@ -296,6 +299,7 @@ export class UserspaceVxlanPlane implements VxlanDataplane {
       ...this.repairs,
       kernelEventChecks: this.watch.eventChecks,
       kernelEventsIgnored: this.watch.ignoredNotifications,
+      ...this.tunnel?.stats(),
     };
     if (fwd) {
       const s = (this.pool ?? fwd).snapshot();

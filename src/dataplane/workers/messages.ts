@@ -76,8 +76,10 @@ export type ToWorker =
   | { readonly type: 'addPeer'; readonly peer: WirePeer }
   | { readonly type: 'removePeer'; readonly id: number }
   | { readonly type: 'stats'; readonly seq: number }
-  /** The tunnel-GSO guard gave up on the TAP: segment from now on. */
+  /** The TAP is not in use (the guard gave up on it, or it is lost): segment. */
   | { readonly type: 'detachTunnel' }
+  /** The TAP `name` is (again) in use: open a queue of it and attach it to the socket. */
+  | { readonly type: 'attachTunnel'; readonly name: string }
   | { readonly type: 'stop' };
 
 /** A worker's counters at one moment. */
@@ -101,6 +103,8 @@ export type FromWorker =
       readonly tunnelError?: string;
     }
   | { readonly type: 'failed'; readonly message: string }
+  /** Attaching a queue of the TAP (attachTunnel) failed: the worker segments in its socket. */
+  | { readonly type: 'tunnelError'; readonly message: string }
   | WorkerStatsMessage
   | {
       readonly type: 'stopped';

@@ -297,6 +297,12 @@ export class WorkerPool {
               new DeviceError(`forwarding worker ${slot.index} could not open its devices: ${m.message}`),
             );
             break;
+          case 'tunnelError':
+            this.opts.log.warn(
+              { worker: slot.index, err: m.message },
+              'tunnel GSO: a forwarding worker could not attach the TAP again; it segments in its socket',
+            );
+            break;
           case 'stats':
           case 'stopped':
             slot.snapshot = m.snapshot;
@@ -391,12 +397,19 @@ export class WorkerPool {
   }
 
   /**
-   * The tunnel-GSO guard gave up on the TAP: every worker's socket detaches it and segments
-   * from now on, and workers started later (restarts, a rebuilt pool) do not attach it.
+   * The TAP is not in use (the guard gave up on it, or it is lost): every worker's socket
+   * detaches it and segments, and workers started meanwhile (restarts, a rebuilt pool) do
+   * not attach it.
    */
   detachTunnel(): void {
     this.tunnel = undefined;
     this.broadcast({ type: 'detachTunnel' });
+  }
+
+  /** The TAP `name` is (again) in use: every worker, and every worker started later, attaches a queue of it. */
+  attachTunnel(name: string): void {
+    this.tunnel = { name };
+    this.broadcast({ type: 'attachTunnel', name });
   }
 
   /**

@@ -176,6 +176,13 @@ if (fwd && tun && conn) {
       case 'detachTunnel':
         conn?.attachTunnel(undefined);
         break;
+      case 'attachTunnel':
+        try {
+          conn?.attachTunnelQueue(m.name);
+        } catch (err) {
+          post({ type: 'tunnelError', message: err instanceof Error ? err.message : String(err) });
+        }
+        break;
       case 'stop': {
         const last = io();
         closeAll();
