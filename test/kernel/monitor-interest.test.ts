@@ -5,49 +5,23 @@
 // through any device each reach it; the device is followed when it is deleted and made
 // again under its name, and dropped when renamed away.
 import assert from 'node:assert/strict';
-import { resolve } from 'node:path';
 import { after, before, test } from 'node:test';
 import { KernelGroups } from '../../src/kernel/monitor.ts';
 import { NetnsRun, rootSnapshot } from '../../src/netns/netns.ts';
-import type { SpawnedProcess } from '../../src/netns/netns.ts';
-import { projectRoot } from '../../src/util/self.ts';
+import { MonitorChild } from './fixtures/monitor-harness.ts';
 
 const run = new NetnsRun();
 let snapshot = '';
 let ns = '';
-let child: SpawnedProcess;
-
-const lines = (prefix: string): string[] =>
-  child
-    .output()
-    .split('\n')
-    .filter((l) => l.startsWith(prefix));
-const changes = (): number => lines('change ').length;
-
-async function waitFor(what: string, ok: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!ok()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; child said:\n${child.output()}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
-
-/** The child's counters now: notifications read and of those ignored. */
-async function counters(): Promise<{ notifications: number; ignored: number }> {
-  const n = lines('stats ').length;
-  child.child.stdin?.write('stats\n');
-  await waitFor('stats', () => lines('stats ').length > n);
-  const f = (lines('stats ').at(-1) ?? '').split(' ').map(Number);
-  return { notifications: f[1] ?? NaN, ignored: f[2] ?? NaN };
-}
+let child: MonitorChild;
 
 /** Runs `change`, waits past the debounce, and says whether it reached the owner. */
 async function reaches(change: () => Promise<unknown>): Promise<boolean> {
   await new Promise((r) => setTimeout(r, 150));
-  const c0 = changes();
+  const c0 = child.changes();
   await change();
   await new Promise((r) => setTimeout(r, 300));
-  return changes() > c0;
+  return child.changes() > c0;
 }
 
 before(async () => {
@@ -59,34 +33,21 @@ before(async () => {
   await run.ip(ns, 'addr', 'add', '198.18.9.1/24', 'dev', 'eth0');
   await run.ip(ns, 'link', 'add', 'wt0', 'type', 'bridge');
   await run.ip(ns, 'link', 'set', 'wt0', 'up');
-  child = run.spawn(
-    ns,
-    process.execPath,
-    ['--import', 'tsx', resolve(projectRoot, 'test/kernel/fixtures/monitor-child.ts')],
-    {
-      stdio: ['pipe', 'pipe', 'pipe'],
-      env: {
-        ...process.env,
-        DEBOUNCE_MS: '30',
-        GROUPS: String(
-          KernelGroups.link | KernelGroups.neigh | KernelGroups.ipv4Addr | KernelGroups.ipv4Route,
-        ),
-        INTEREST_DEVICES: 'wt0',
-        ROUTES_WITHIN: '10.244.0.0/16',
-      },
-    },
-  );
-  await waitFor('ready', () => child.output().includes('ready'), 20_000);
+  child = await MonitorChild.start(run, ns, {
+    DEBOUNCE_MS: '30',
+    GROUPS: String(KernelGroups.link | KernelGroups.neigh | KernelGroups.ipv4Addr | KernelGroups.ipv4Route),
+    INTEREST_DEVICES: 'wt0',
+    ROUTES_WITHIN: '10.244.0.0/16',
+  });
 });
 after(async () => {
-  child.child.stdin?.end();
-  await child.exited;
+  await child.stop();
   await run.destroy();
   assert.equal(rootSnapshot(), snapshot, 'the root namespace is unchanged');
 });
 
 void test('changes of other devices and routes outside the Network are read and dropped', async () => {
-  const before = await counters();
+  const before = await child.counters();
   const reached = await reaches(async () => {
     await run.ip(ns, 'link', 'set', 'eth0', 'mtu', '1400');
     await run.ip(ns, 'addr', 'add', '198.18.9.5/24', 'dev', 'eth0');
@@ -97,8 +58,8 @@ void test('changes of other devices and routes outside the Network are read and 
     // A route that covers the Network but is less specific than any of its routes.
     await run.ip(ns, 'route', 'add', '10.0.0.0/8', 'via', '198.18.9.2', 'dev', 'eth0');
   });
-  const now = await counters();
-  assert.equal(reached, false, `no change reached the owner:\n${child.output()}`);
+  const now = await child.counters();
+  assert.equal(reached, false, `no change reached the owner:\n${child.child.output()}`);
   assert.ok(
     now.notifications - before.notifications >= 7,
     `the notifications were read (${JSON.stringify(now)})`,

@@ -2,51 +2,27 @@
 // change): a link, an address and a route changed there each reach it, a burst becomes one
 // change, a quiet namespace gives none, and nothing from other namespaces gets in.
 import assert from 'node:assert/strict';
-import { resolve } from 'node:path';
 import { after, before, test } from 'node:test';
 import { NetnsRun, rootSnapshot } from '../../src/netns/netns.ts';
-import type { SpawnedProcess } from '../../src/netns/netns.ts';
-import { projectRoot } from '../../src/util/self.ts';
+import { MonitorChild } from './fixtures/monitor-harness.ts';
 
 const run = new NetnsRun();
 let snapshot = '';
 let ns = '';
 let other = '';
-let child: SpawnedProcess;
+let child: MonitorChild;
 
-const changes = (): number =>
-  child
-    .output()
-    .split('\n')
-    .filter((l) => l.startsWith('change ')).length;
-
-async function waitFor(what: string, ok: () => boolean, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!ok()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}; child said:\n${child.output()}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+const changes = (): number => child.changes();
 
 before(async () => {
   snapshot = rootSnapshot();
   ns = await run.addNamespace('mon');
   other = await run.addNamespace('other');
   await run.addVeth(ns, 'eth0', other, 'eth0');
-  child = run.spawn(
-    ns,
-    process.execPath,
-    ['--import', 'tsx', resolve(projectRoot, 'test/kernel/fixtures/monitor-child.ts')],
-    {
-      stdio: ['pipe', 'pipe', 'pipe'],
-      env: { ...process.env, DEBOUNCE_MS: '50' },
-    },
-  );
-  await waitFor('ready', () => child.output().includes('ready'), 20_000);
+  child = await MonitorChild.start(run, ns, { DEBOUNCE_MS: '50' });
 });
 after(async () => {
-  child.child.stdin?.end();
-  await child.exited;
+  await child.stop();
   await run.destroy();
   assert.equal(rootSnapshot(), snapshot, 'the root namespace is unchanged');
 });
@@ -54,16 +30,16 @@ after(async () => {
 void test('a link, an address and a route change each reach the monitor', async () => {
   const c0 = changes();
   await run.ip(ns, 'link', 'set', 'eth0', 'mtu', '1400');
-  await waitFor('a change after an MTU change', () => changes() > c0);
+  await child.waitFor('a change after an MTU change', () => changes() > c0);
   const c1 = changes();
   await run.ip(ns, 'addr', 'add', '198.18.7.1/24', 'dev', 'eth0');
-  await waitFor('a change after addr add', () => changes() > c1);
+  await child.waitFor('a change after addr add', () => changes() > c1);
   const c2 = changes();
   await run.ip(ns, 'route', 'add', '10.99.0.0/16', 'via', '198.18.7.2', 'dev', 'eth0');
-  await waitFor('a change after route add', () => changes() > c2);
+  await child.waitFor('a change after route add', () => changes() > c2);
   const c3 = changes();
   await run.ip(ns, 'route', 'del', '10.99.0.0/16');
-  await waitFor('a change after route del', () => changes() > c3);
+  await child.waitFor('a change after route del', () => changes() > c3);
 });
 
 void test('a burst of notifications is one change; other namespaces and silence give none', async () => {
@@ -72,11 +48,11 @@ void test('a burst of notifications is one change; other namespaces and silence 
   // One ip -batch: 20 routes added back to back, well inside the 50 ms debounce.
   const lines = Array.from({ length: 20 }, (_, i) => `route add 10.98.${i}.0/24 via 198.18.7.2 dev eth0`);
   await run.exec(ns, 'ip', ['-batch', '-'], { input: lines.join('\n') + '\n' });
-  await waitFor('the burst', () => changes() > c0);
+  await child.waitFor('the burst', () => changes() > c0);
   await new Promise((r) => setTimeout(r, 300));
   const after = changes();
   assert.ok(after - c0 <= 2, `20 routes in one batch gave ${after - c0} changes`);
-  const last = child.output().trim().split('\n').at(-1) ?? '';
+  const last = child.child.output().trim().split('\n').at(-1) ?? '';
   const notes = Number(last.split(' ')[1]);
   assert.ok(notes >= 20, `every notification was read (${last})`);
   // The other end of the veth is in another namespace: changes there are not ours.
