@@ -238,6 +238,51 @@ export function createMetrics(src: MetricsSources): Registry {
       setCounter(this, { outcome: 'error' }, io['tunnelErrors'] ?? 0);
     },
   });
+  /** A number from the backend's stats (weft status), or undefined when it has none. */
+  const backendStat = (key: string): number | undefined => {
+    const v = (src.status().backendStats as Record<string, unknown> | undefined)?.[key];
+    return typeof v === 'number' ? v : undefined;
+  };
+  new Counter({
+    name: 'weft_repairs_total',
+    help: "What weftd put right behind the kernel's or an operator's back, by what (device_recreated: the overlay device (the TUN, or kernel VXLAN\'s weft.<VNI>) made again after it was deleted or replaced, device_repaired: the TUN\'s address, MTU or route put back, device_repair_failed: a repair that failed and waits for the next check, tunnel_gso_restored: the tunnel-GSO TAP made again or set up after it was deleted or set down, tunnel_gso_given_up: the guard saw the node drop the TAP's packets, tunnel_gso_retried: the TAP tried again after that, weftd --tunnel-gso-retry); the same names as weft status without the prefix",
+    labelNames: ['what'],
+    registers: r,
+    collect() {
+      this.reset();
+      for (const [key, what] of [
+        ['deviceRecreated', 'device_recreated'],
+        ['deviceRepaired', 'device_repaired'],
+        ['deviceRepairFailures', 'device_repair_failed'],
+        ['tunnelRestored', 'tunnel_gso_restored'],
+        ['tunnelGuardTrips', 'tunnel_gso_given_up'],
+        ['tunnelRetries', 'tunnel_gso_retried'],
+      ] as const) {
+        const v = backendStat(key);
+        if (v !== undefined) setCounter(this, { what }, v);
+      }
+    },
+  });
+  new Counter({
+    name: 'weft_kernel_event_checks_total',
+    help: "Checks (or kernel backends' verifying passes) started by a kernel notification about something the backend looks after (kernelEventChecks in weft status)",
+    registers: r,
+    collect() {
+      this.reset();
+      const v = backendStat('kernelEventChecks');
+      if (v !== undefined) setCounter(this, {}, v);
+    },
+  });
+  new Counter({
+    name: 'weft_kernel_events_ignored_total',
+    help: 'Kernel notifications read and dropped as about nothing the backend looks after: other devices, routes outside the Network (kernelEventsIgnored in weft status)',
+    registers: r,
+    collect() {
+      this.reset();
+      const v = backendStat('kernelEventsIgnored');
+      if (v !== undefined) setCounter(this, {}, v);
+    },
+  });
   new Counter({
     name: 'weft_dataplane_icmp_unreachable_total',
     help: 'ICMP net-unreachable replies written back to the TUN (no route)',

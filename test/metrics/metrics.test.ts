@@ -45,6 +45,14 @@ function status(over: Partial<DaemonStatus> = {}): DaemonStatus {
         tunnelErrors: 1,
         tunnelAttached: 0,
       },
+      deviceRecreated: 1,
+      deviceRepaired: 2,
+      deviceRepairFailures: 0,
+      tunnelRestored: 3,
+      tunnelGuardTrips: 1,
+      tunnelRetries: 1,
+      kernelEventChecks: 7,
+      kernelEventsIgnored: 40,
     },
     error: undefined,
     ...over,
@@ -117,6 +125,14 @@ void test('daemon, lease, data path and per-peer series with Prometheus names', 
   has('weft_dataplane_tunnel_gso_total{outcome="segmented"} 3');
   has('weft_dataplane_tunnel_gso_total{outcome="peer_segmented"} 4');
   has('weft_dataplane_tunnel_gso_total{outcome="error"} 1');
+  has('weft_repairs_total{what="device_recreated"} 1');
+  has('weft_repairs_total{what="device_repaired"} 2');
+  has('weft_repairs_total{what="device_repair_failed"} 0');
+  has('weft_repairs_total{what="tunnel_gso_restored"} 3');
+  has('weft_repairs_total{what="tunnel_gso_given_up"} 1');
+  has('weft_repairs_total{what="tunnel_gso_retried"} 1');
+  has('weft_kernel_event_checks_total 7');
+  has('weft_kernel_events_ignored_total 40');
   has('weft_lease_held 1');
   has('weft_lease_renewals_total 3');
   has('weft_watch_restarts_total 2');

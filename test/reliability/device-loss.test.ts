@@ -75,6 +75,9 @@ for (const [name, b] of [
         await trace.stop();
       }
       assert.deepEqual(await nsSnapshot(run, n1.ns), clean);
+      const metrics = (await cluster.httpGet(n1, '/metrics')).stdout;
+      assert.match(metrics, /^weft_repairs_total\{what="device_recreated"\} 1$/m);
+      assert.match(metrics, /^weft_kernel_event_checks_total [1-9]/m);
       // The new forwarder kept the peers and the counters.
       const s2 = await status(cluster, n1);
       assert.ok(stat(s2, 'counters.recvPackets') >= stat(s0, 'counters.recvPackets'));
