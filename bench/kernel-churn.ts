@@ -21,6 +21,7 @@ import { parseArgs } from 'node:util';
 import { NetnsRun } from '../src/netns/netns.ts';
 import { Cluster } from '../src/netns/topology.ts';
 import type { WeftdOptions } from '../src/netns/topology.ts';
+import { useCompiledDaemons } from './refs/setup.ts';
 
 const { values } = parseArgs({
   options: {
@@ -50,6 +51,7 @@ const neighbour = (x: number): string => `198.19.${x >> 8}.${x & 255}`;
 const mac = (x: number): string =>
   `02:00:00:00:${(x >> 8).toString(16).padStart(2, '0')}:${(x & 255).toString(16).padStart(2, '0')}`;
 
+useCompiledDaemons((l) => process.stderr.write(`${l}\n`));
 const run = new NetnsRun();
 const cluster = await Cluster.create(run, { nodes: 2, podsPerNode: 1 });
 try {

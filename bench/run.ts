@@ -26,7 +26,7 @@ import { measureRounds } from '../src/compare/measure.ts';
 import type { PathResult, RoundResult, RoundsResult } from '../src/compare/measure.ts';
 import { renderChart } from '../src/compare/chart.ts';
 import { projectRoot } from '../src/util/self.ts';
-import { ensureBenchPackages } from './refs/setup.ts';
+import { ensureBenchPackages, useCompiledDaemons } from './refs/setup.ts';
 import { WIREGUARD_GO_REF } from './refs/wireguard-go.ts';
 import { NEBULA_REF } from './refs/nebula.ts';
 import { UDP_PROXY_REF } from './refs/udp-proxy.ts';
@@ -289,6 +289,9 @@ async function main(): Promise<number> {
     return 2;
   }
   if (!values['no-install']) ensureBenchPackages((l) => process.stderr.write(`${l}\n`));
+  const daemons = useCompiledDaemons((l) => process.stderr.write(`${l}\n`), {
+    build: !values['no-install'],
+  });
   cleanupStale();
 
   process.stderr.write(`bench: ${rows.length} rows x ${runs} runs, ${seconds} s per test\n`);
@@ -326,6 +329,9 @@ async function main(): Promise<number> {
       `TCP: iperf3 ${seconds} s, 1 and 4 streams; ping: ${pings} x 10 ms after 2000 back-to-back; UDP RR: sockperf ping-pong 64 B, ${seconds} s, full RTT;\n` +
       `64B: iperf3 UDP 64-byte payloads, unlimited rate, ${seconds} s, and (rows after kernel VXLAN) at kernel VXLAN's rate with 4 MiB socket buffers; vs kVX = ratio to kernel VXLAN; to pod = delivered to the receiving pod's UDP stack (read or dropped at its full socket);\nCPU = the forwarder processes' CPU (all threads) during TCP 1 stream, TCP 4 streams, and per 64-byte packet delivered at unlimited rate\n` +
       `(1-min load average ${loadBefore.toFixed(1)} before, ${loadAfter.toFixed(1)} after, on ${cpus().length} CPUs: other work on the machine lowers every row)\n` +
+      (daemons === 'compiled'
+        ? `(weft's daemons ran compiled, from dist/, as bin/weftd.js runs them)\n`
+        : `(weft's daemons ran under tsx because dist/ is older than the sources and --no-install was given: slower, and not comparable with a compiled run)\n`) +
       `(${describeCosts(costs)};\n ${describeWake(wake)})\n\n`,
   );
   process.stdout.write(`${renderBenchTable(summaries)}\n`);
@@ -354,6 +360,7 @@ async function main(): Promise<number> {
       ...(wake ? { wake } : {}),
     },
     test: {
+      daemons,
       runs,
       seconds,
       pings,

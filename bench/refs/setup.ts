@@ -5,6 +5,7 @@
  * Packages already installed are left alone (no apt-get call at all when nothing is missing).
  */
 import { execFileSync } from 'node:child_process';
+import { distIsFresh, projectRoot } from '../../src/util/self.ts';
 
 export const BENCH_PACKAGES = ['wireguard-go', 'wireguard-tools', 'nebula', 'sockperf', 'iperf3'] as const;
 
@@ -48,4 +49,27 @@ export function ensureBenchPackages(log: (line: string) => void = () => undefine
   const still = missing.filter((p) => !packageInstalled(p));
   if (still.length > 0) throw new Error(`bench: ${still.join(' ')} still missing after apt-get install`);
   return missing;
+}
+
+/**
+ * The daemons a bench starts run as users run them: compiled (dist/, as bin/weftd.js does),
+ * not under tsx, whose loader thread and esbuild service would share the machine's two CPUs
+ * with the forwarders (measured here: ping p99 through weft udp 3.2-4.0 ms with weftd under
+ * tsx, 1.7-1.8 ms compiled). Compiles dist/ first when it is older than the sources, unless
+ * `build` is false (then the daemons run under tsx). Says which it is.
+ */
+export function useCompiledDaemons(
+  log: (line: string) => void = () => undefined,
+  opts: { readonly build?: boolean } = {},
+): 'compiled' | 'tsx' {
+  if (!distIsFresh()) {
+    if (opts.build === false) return 'tsx';
+    log('bench: dist/ is older than the sources: compiling it (npm run build)');
+    execFileSync('npm', ['run', '--silent', 'build'], {
+      cwd: projectRoot,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+  }
+  process.env.WEFT_SPAWN_FROM_DIST = '1';
+  return 'compiled';
 }

@@ -3,8 +3,8 @@
  * namespaces; tests start weftd and weft-cni). Works both from compiled output (dist/) and
  * from sources under tsx.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export type WeftProgram = 'weftd' | 'weft' | 'weft-cni';
@@ -26,6 +26,42 @@ export function programCommand(program: WeftProgram): { cmd: string; args: strin
   const compiled = resolve(projectRoot, 'dist', `${entry}.js`);
   if (existsSync(compiled)) return { cmd: process.execPath, args: [compiled] };
   return { cmd: process.execPath, args: ['--import', 'tsx', resolve(projectRoot, `${entry}.ts`)] };
+}
+
+/** Newest mtime under `p` (ms). */
+function newestMtime(p: string): number {
+  const st = statSync(p);
+  if (!st.isDirectory()) return st.mtimeMs;
+  let m = 0;
+  for (const e of readdirSync(p)) m = Math.max(m, newestMtime(join(p, e)));
+  return m;
+}
+
+/** Oldest mtime of a .js file under `p` (ms; Infinity when none). */
+function oldestJs(p: string): number {
+  const st = statSync(p);
+  if (!st.isDirectory()) return p.endsWith('.js') ? st.mtimeMs : Infinity;
+  let m = Infinity;
+  for (const e of readdirSync(p)) m = Math.min(m, oldestJs(join(p, e)));
+  return m;
+}
+
+/**
+ * True when dist/ holds a compile of the current sources (every compiled file newer than
+ * every file under src/ and cni/): programCommand may then start daemons from it. The
+ * same rule as scripts/run-tests.mjs, which cannot import this file (it runs without tsx).
+ */
+export function distIsFresh(): boolean {
+  try {
+    const compiled = oldestJs(resolve(projectRoot, 'dist/src'));
+    const sources = Math.max(
+      newestMtime(resolve(projectRoot, 'src')),
+      newestMtime(resolve(projectRoot, 'cni')),
+    );
+    return compiled !== Infinity && compiled >= sources;
+  } catch {
+    return false;
+  }
 }
 
 /** weft's version (package.json). */
