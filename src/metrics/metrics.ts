@@ -245,7 +245,7 @@ export function createMetrics(src: MetricsSources): Registry {
   };
   new Counter({
     name: 'weft_repairs_total',
-    help: "What weftd put right behind the kernel's or an operator's back, by what (device_recreated: the overlay device (the TUN, or kernel VXLAN\'s weft.<VNI>) made again after it was deleted or replaced, device_repaired: the TUN\'s address, MTU or route put back, device_repair_failed: a repair that failed and waits for the next check, tunnel_gso_restored: the tunnel-GSO TAP made again or set up after it was deleted or set down, tunnel_gso_given_up: the guard saw the node drop the TAP's packets, tunnel_gso_retried: the TAP tried again after that, weftd --tunnel-gso-retry); the same names as weft status without the prefix",
+    help: "What weftd put right behind the kernel's or an operator's back, by what (device_recreated: the overlay device (the TUN, or kernel VXLAN's weft.<VNI>) made again after it was deleted or replaced, device_repaired: the TUN's address, MTU or route put back, device_repair_failed: a repair that failed and waits for the next check, tunnel_gso_restored: the tunnel-GSO TAP made again or set up after it was deleted or set down, tunnel_gso_given_up: the guard saw the node drop the TAP's packets, tunnel_gso_retried: the TAP tried again after that, weftd --tunnel-gso-retry); the same names as weft status without the prefix",
     labelNames: ['what'],
     registers: r,
     collect() {
