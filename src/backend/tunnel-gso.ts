@@ -25,7 +25,10 @@
  * for all interfaces (the packets enter on the TAP with one of the node's own addresses as
  * their source). What it cannot check up front: a FORWARD chain that drops traffic between
  * the node's own addresses would drop these packets; the guard (TunnelGsoGuard) sees the
- * underlay send less than went to the TAP and detaches it within a few seconds.
+ * underlay send less than went to the TAP and detaches it within a few seconds. It is tried
+ * again only with weftd --tunnel-gso-retry (each retry against a firewall that still drops
+ * stalls bulk flows while the guard judges); a TAP deleted, replaced or set down is put
+ * right and attached again at the next check (TunnelGsoTap.maintain).
  *
  * Without a TAP (tunnel GSO off, or the guard or a failed write detached it) the TUN still
  * hands super-packets up whole whenever it has offloads, and the socket cuts them into UDP
@@ -517,7 +520,8 @@ export const GUARD_SENT_SHARE = 0.9;
  * whatever else the node sent: two judged intervals in which the device sent less than
  * GUARD_SENT_SHARE of it, with no good one in between
  * (intervals with too little written are not judged), mean the node drops them, and
- * `onDropped` runs once (the backend detaches the TAP: the socket segments from then on).
+ * `onDropped` runs once (the TAP is detached and the sockets segment; a retry, if any,
+ * comes with a new guard).
  */
 export class TunnelGsoGuard {
   private lastWritten: number | undefined;
