@@ -105,17 +105,21 @@ export function createMetrics(src: MetricsSources): Registry {
       if (exp) this.set((Date.parse(exp) - Date.now()) / 1000);
     },
   });
-  const daemonCounter = (name: string, help: string, key: keyof DaemonStatus['counters']): void => {
+  /** A counter without labels whose value `read` gives (no series while it gives undefined). */
+  const statCounter = (name: string, help: string, read: () => number | undefined): void => {
     new Counter({
       name,
       help,
       registers: r,
       collect() {
         this.reset();
-        setCounter(this, {}, src.status().counters[key]);
+        const v = read();
+        if (v !== undefined) setCounter(this, {}, v);
       },
     });
   };
+  const daemonCounter = (name: string, help: string, key: keyof DaemonStatus['counters']): void =>
+    statCounter(name, help, () => src.status().counters[key]);
   daemonCounter(
     'weft_lease_acquisitions_total',
     'Leases acquired (first and re-acquisitions)',
@@ -263,26 +267,16 @@ export function createMetrics(src: MetricsSources): Registry {
       }
     },
   });
-  new Counter({
-    name: 'weft_kernel_event_checks_total',
-    help: "Checks (or kernel backends' verifying passes) started by a kernel notification about something the backend looks after (kernelEventChecks in weft status)",
-    registers: r,
-    collect() {
-      this.reset();
-      const v = backendStat('kernelEventChecks');
-      if (v !== undefined) setCounter(this, {}, v);
-    },
-  });
-  new Counter({
-    name: 'weft_kernel_events_ignored_total',
-    help: 'Kernel notifications read and dropped as about nothing the backend looks after: other devices, routes outside the Network (kernelEventsIgnored in weft status)',
-    registers: r,
-    collect() {
-      this.reset();
-      const v = backendStat('kernelEventsIgnored');
-      if (v !== undefined) setCounter(this, {}, v);
-    },
-  });
+  statCounter(
+    'weft_kernel_event_checks_total',
+    "Checks (or kernel backends' verifying passes) started by a kernel notification about something the backend looks after (kernelEventChecks in weft status)",
+    () => backendStat('kernelEventChecks'),
+  );
+  statCounter(
+    'weft_kernel_events_ignored_total',
+    'Kernel notifications read and dropped as about nothing the backend looks after: other devices, routes outside the Network (kernelEventsIgnored in weft status)',
+    () => backendStat('kernelEventsIgnored'),
+  );
   new Counter({
     name: 'weft_dataplane_icmp_unreachable_total',
     help: 'ICMP net-unreachable replies written back to the TUN (no route)',
