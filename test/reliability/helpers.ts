@@ -54,13 +54,19 @@ export function weftdOptions(b: BackendCase, extraArgs: readonly string[] = []):
 /**
  * A cluster of `nodes` nodes where weftd runs (and pods are attached) only on the nodes in
  * `withWeftd` (1-based); the others are bare underlay hosts. Waits for every weftd to be ready.
+ * Torn down after test `t`, which then checks that the root namespace is as it was.
  */
 export async function weftCluster(
-  run: NetnsRun,
+  t: TestContext,
   b: BackendCase,
   opts: { nodes: number; withWeftd: readonly number[]; extraArgs?: (i: number) => readonly string[] },
 ): Promise<Cluster> {
-  const cluster = await Cluster.create(run, { nodes: opts.nodes, podsPerNode: 1 });
+  const before = rootSnapshot();
+  const cluster = await Cluster.create(new NetnsRun(), { nodes: opts.nodes, podsPerNode: 1 });
+  t.after(async () => {
+    await cluster.destroy();
+    assert.equal(rootSnapshot(), before, 'root namespace unchanged');
+  });
   try {
     cluster.writeNetConf(b.backend, b.backendOptions ?? {});
     const nodes = opts.withWeftd.map((i) => cluster.node(i));
@@ -91,19 +97,13 @@ export interface PingingPair {
  * namespace is as it was).
  */
 export async function pingingPair(t: TestContext, b: BackendCase): Promise<PingingPair> {
-  const before = rootSnapshot();
-  const run = new NetnsRun();
-  const cluster = await weftCluster(run, b, { nodes: 2, withWeftd: [1, 2] });
-  t.after(async () => {
-    await cluster.destroy();
-    assert.equal(rootSnapshot(), before, 'root namespace unchanged');
-  });
+  const cluster = await weftCluster(t, b, { nodes: 2, withWeftd: [1, 2] });
   const [n1, n2] = [cluster.node(1), cluster.node(2)] as [ClusterNode, ClusterNode];
   const a = pod(n1);
   const bp = pod(n2);
   await cluster.waitForPing(bp, a.addr, 15_000);
   await cluster.waitForPing(a, bp.addr, 15_000);
-  return { run, cluster, n1, n2, a, bp };
+  return { run: cluster.run, cluster, n1, n2, a, bp };
 }
 
 export function pod(node: ClusterNode): Pod {

@@ -17,7 +17,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { NetnsRun, rootSnapshot } from '../../src/netns/netns.ts';
+import type { NetnsRun } from '../../src/netns/netns.ts';
 import { WEFTD_HEALTHZ_PORT } from '../../src/netns/topology.ts';
 import type { ClusterNode } from '../../src/netns/topology.ts';
 import { cidrContains, formatIpv4, parseIpv4 } from '../../src/routing/ipv4.ts';
@@ -64,13 +64,8 @@ for (const [name, b] of [
   ['vxlan userspace', BACKENDS.vxlanUserspace],
 ] as const satisfies readonly (readonly [string, BackendCase])[]) {
   void test(`${name}: forged datagrams never reach a pod and are counted; health server on loopback only`, async (t) => {
-    const before = rootSnapshot();
-    const run = new NetnsRun();
-    const cluster = await weftCluster(run, b, { nodes: 3, withWeftd: [1, 2] });
-    t.after(async () => {
-      await cluster.destroy();
-      assert.equal(rootSnapshot(), before, 'root namespace unchanged');
-    });
+    const cluster = await weftCluster(t, b, { nodes: 3, withWeftd: [1, 2] });
+    const { run } = cluster;
     const [n1, n2, n3] = [cluster.node(1), cluster.node(2), cluster.node(3)] as [
       ClusterNode,
       ClusterNode,
