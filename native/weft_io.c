@@ -702,6 +702,23 @@ static void handle_finalize(napi_env env, void *data, void *hint) {
   free_handle_memory(h);
 }
 
+/*
+ * A new handle of `kind` owning `fd`; on allocation failure closes fd, throws ENOMEM as
+ * `what` and returns NULL.
+ */
+static weft_handle *new_handle(napi_env env, int fd, int kind, const char *what) {
+  weft_handle *h = calloc(1, sizeof *h);
+  if (!h) {
+    close(fd);
+    throw_errno(env, what, ENOMEM);
+    return NULL;
+  }
+  h->kind = kind;
+  h->fd = fd;
+  h->tap_fd = -1;
+  return h;
+}
+
 static napi_value wrap_handle(napi_env env, weft_handle *h) {
   napi_value ext;
   h->env = env;
@@ -994,13 +1011,8 @@ static napi_value js_tun_open(napi_env env, napi_callback_info info) {
     }
     if (bits == 0) ioctl(fd, TUNSETOFFLOAD, 0UL);
   }
-  weft_handle *h = calloc(1, sizeof *h);
-  if (!h) {
-    close(fd);
-    return throw_errno(env, "tunOpen", ENOMEM);
-  }
-  h->kind = KIND_TUN;
-  h->fd = fd;
+  weft_handle *h = new_handle(env, fd, KIND_TUN, "tunOpen");
+  if (!h) return NULL;
   h->vnet = vnet;
   h->mtu = mtu;
   h->offload_bits = bits;
@@ -1749,14 +1761,8 @@ static napi_value js_udp_open(napi_env env, napi_callback_info info) {
   getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rb, &il);
   il = sizeof sb;
   getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sb, &il);
-  weft_handle *h = calloc(1, sizeof *h);
-  if (!h) {
-    close(fd);
-    return throw_errno(env, "udpOpen", ENOMEM);
-  }
-  h->kind = KIND_UDP;
-  h->tap_fd = -1;
-  h->fd = fd;
+  weft_handle *h = new_handle(env, fd, KIND_UDP, "udpOpen");
+  if (!h) return NULL;
   h->gso = gso;
   h->gro = gro;
   h->addr = ntohl(sa.sin_addr.s_addr);
@@ -1899,13 +1905,8 @@ static napi_value js_tap_open(napi_env env, napi_callback_info info) {
     close(fd);
     return throw_errno(env, what, e);
   }
-  weft_handle *h = calloc(1, sizeof *h);
-  if (!h) {
-    close(fd);
-    return throw_errno(env, "tapOpen", ENOMEM);
-  }
-  h->kind = KIND_TAP;
-  h->fd = fd;
+  weft_handle *h = new_handle(env, fd, KIND_TAP, "tapOpen");
+  if (!h) return NULL;
   memcpy(h->mac, mac, 6);
   napi_value ext = wrap_handle(env, h);
   if (!ext) return NULL;
@@ -2557,13 +2558,8 @@ static napi_value js_netlink_subscribe(napi_env env, napi_callback_info info) {
     close(fd);
     return throw_errno(env, "netlink bind", e);
   }
-  weft_handle *h = calloc(1, sizeof *h);
-  if (!h) {
-    close(fd);
-    return throw_errno(env, "netlinkSubscribe", ENOMEM);
-  }
-  h->kind = KIND_NLMON;
-  h->fd = fd;
+  weft_handle *h = new_handle(env, fd, KIND_NLMON, "netlinkSubscribe");
+  if (!h) return NULL;
   return wrap_handle(env, h);
 }
 

@@ -213,7 +213,7 @@ export class KernelMonitor {
  * namespace this process is in over netlink (the daemon's default kernel). Twins and
  * kernels aimed at another namespace are checked on their timer only.
  */
-function watchesKernelEvents(kernel: KernelNet): boolean {
+function watchesKernelEvents(kernel: KernelNet): kernel is NetlinkKernel {
   return kernel instanceof NetlinkKernel && kernel.netns === undefined;
 }
 
@@ -231,9 +231,8 @@ export function watchKernel(
   opts: { groups?: number; debounceMs?: number } = {},
 ): KernelMonitor | undefined {
   if (!watchesKernelEvents(kernel)) return undefined;
-  const netlink = kernel as NetlinkKernel;
   try {
-    return KernelMonitor.open(onChange, { ...opts, interest, ifindex: (name) => netlink.ifindex(name) });
+    return KernelMonitor.open(onChange, { ...opts, interest, ifindex: (name) => kernel.ifindex(name) });
   } catch {
     return undefined;
   }
